@@ -1,0 +1,72 @@
+"""The interface every fusion method implements: classical methods and deep models alike.
+
+A method sees one tile at a time, in float32 digital numbers (never normalised per tile):
+
+- ``pan``:    (H, W) PAN pixels of the tile *with context*,
+- ``ms_up``:  (B, H, W) the MS resampled onto the same PAN pixels (23-tap interpolator),
+- ``stats``:  scene-wide statistics the method asked for, computed once per scene.
+
+and returns (B, H, W) float32. The engine crops the context afterwards, so a method must only be
+correct at pixels at least ``receptive_field`` away from the tile border.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..sensors import Sensor
+
+
+@dataclass
+class SceneInfo:
+    """What a method may know about the scene as a whole (no pixels of a tile)."""
+
+    sensor: Sensor
+    n_bands: int
+    ratio: float
+    bit_depth: int
+    #: a decimated view of the scene for scene-wide statistics: PAN (h, w) and MS-on-PAN (B, h, w),
+    #: both float32 DN with invalid pixels as NaN. Filled only when the method asks for it.
+    pan_sample: np.ndarray | None = None
+    ms_sample: np.ndarray | None = None
+    #: the MS at its own resolution, decimated view (B, h, w), NaN where invalid
+    ms_lr_sample: np.ndarray | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TileInput:
+    pan: np.ndarray  # (H, W) float32
+    ms_up: np.ndarray  # (B, H, W) float32
+    #: (H, W) bool, True where both PAN and all MS bands are valid
+    valid: np.ndarray
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and implement :meth:`fuse_tile`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: pixels of context each side that the method needs for exact output (PAN pixels)
+    receptive_field: int = 0
+    #: whether :meth:`fit` needs ``SceneInfo.pan_sample``/``ms_sample``
+    needs_scene_sample: ClassVar[bool] = False
+    #: extra provenance (weights hash, ...)
+    provenance: dict[str, str]
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+        self.provenance = {}
+
+    def fit(self, scene: SceneInfo) -> None:  # noqa: B027 - optional hook
+        """Estimate scene-wide parameters once, before any tile is fused."""
+
+    def fuse_tile(self, tile: TileInput) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"method": self.name, **self.options, **self.provenance}
