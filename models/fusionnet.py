@@ -1,0 +1,62 @@
+"""FusionNet: detail injection from the PAN-minus-MS difference with a residual network.
+
+L.-J. Deng, G. Vivone, C. Jin, J. Chanussot, "Detail Injection-Based Deep Convolutional Neural
+Networks for Pansharpening", IEEE TGRS 59(8):6995-7010, 2021. State-dict layout of the
+DLPan-Toolbox (its checkpoints store the four residual blocks twice, as ``res1..res4`` and as
+``backbone.0..3``; :func:`~.registry.clean_state_dict` drops the ``resN`` aliases).
+
+``conv1`` 3x3 on ``pan.repeat(B) - lms`` (B -> 32), ReLU, four residual blocks
+(``conv20`` 3x3, ReLU, ``conv21`` 3x3, + skip), ``conv3`` 3x3 (32 -> B); output ``lms + conv3``.
+
+Tailor point: ``conv3``; ``feat`` is the output of the residual backbone, ``(N, 32, H, W)``;
+``head`` = ``conv3(feat) + lms``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import PansharpenNet
+
+
+class ResBlock(nn.Module):
+    """``x + conv21(relu(conv20(x)))`` with 3x3 convolutions (toolbox key names)."""
+
+    def __init__(self, channels: int, slope: float = 0.0) -> None:
+        super().__init__()
+        self.conv20 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv21 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.slope = slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv20(x)
+        h = F.leaky_relu(h, self.slope) if self.slope else F.relu(h)
+        return x + self.conv21(h)
+
+
+class FusionNet(PansharpenNet):
+    """FusionNet (``conv1``, ``backbone.{0..3}.conv20/conv21``, ``conv3``)."""
+
+    input_convention = "lms"
+
+    def __init__(self, n_bands: int, channels: int = 32, n_blocks: int = 4) -> None:
+        super().__init__()
+        self.n_bands = n_bands
+        self.feat_channels = channels
+        self.conv1 = nn.Conv2d(n_bands, channels, 3, padding=1)
+        self.backbone = nn.Sequential(*[ResBlock(channels) for _ in range(n_blocks)])
+        self.conv3 = nn.Conv2d(channels, n_bands, 3, padding=1)
+
+    def features(self, pan: Tensor, lms: Tensor | None, ms: Tensor | None) -> Tensor:
+        lms = self._check_lms(pan, lms)
+        return self.backbone(F.relu(self.conv1(pan - lms)))  # pan broadcasts over the bands
+
+    def head(self, feat: Tensor, pan: Tensor, lms: Tensor | None, ms: Tensor | None) -> Tensor:
+        assert lms is not None
+        return self.conv3(feat) + lms
+
+
+def build_fusionnet(n_bands: int, **kw: int) -> FusionNet:
+    """FusionNet for ``n_bands`` bands (random weights)."""
+    return FusionNet(n_bands, **kw)

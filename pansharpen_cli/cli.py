@@ -1,0 +1,359 @@
+"""The ``pansharpen`` command line: a thin layer over the library.
+
+Only this module imports typer and rich. Library errors become one line on stderr and exit code
+2 (usage) or 1 (runtime); Ctrl-C exits 130 and leaves nothing at the destination. Heavy modules
+(rasterio, scipy, torch) are imported inside the commands so that ``--help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+app = typer.Typer(
+    name="pansharpen",
+    help="Pansharpen real satellite scenes into georeferenced imagery (classical methods and deep networks).",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+err = Console(stderr=True, highlight=False)
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]pansharpen: error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map library errors to one line and an exit code; never a traceback for user errors."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import PansharpenError
+
+        try:
+            return fn(*args, **kwargs)
+        except PansharpenError as e:
+            _fail(_escape(e.one_line()), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; no output was written", 130)
+        except typer.Exit:
+            raise
+        except MemoryError:
+            _fail("out of memory - use a smaller --tile", 1)
+        except Exception as e:  # a bug: one line unless asked for the traceback
+            if os.environ.get("PANSHARPEN_DEBUG"):
+                raise
+            _fail(_escape(f"internal error: {type(e).__name__}: {e} (set PANSHARPEN_DEBUG=1 for a traceback "
+                          "and please report it)"), 1)
+
+    return wrapper
+
+
+def _escape(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pansharpen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Pansharpen real satellite scenes into georeferenced imagery."""
+
+
+# ----------------------------------------------------------------------------------------------
+# input resolution shared by fuse / info
+# ----------------------------------------------------------------------------------------------
+
+
+def _split_paths(items: list[Path] | None) -> list[Path]:
+    out: list[Path] = []
+    for it in items or []:
+        out += [Path(s) for s in str(it).split(",") if s]
+    return out
+
+
+def _resolve_inputs(scene: Path | None, pan: Path | None, ms: list[Path] | None, example: str | None,
+                    bands: str | None):
+    """-> (pan, ms list, sensor key, band names, source text, product nodata)."""
+    from .errors import UsageError
+
+    ms_list = _split_paths(ms)
+    given = sum(x is not None for x in (scene, example)) + (1 if (pan or ms_list) else 0)
+    if given > 1:
+        raise UsageError("give either SCENE, --example, or --pan/--ms, not several",
+                         fix="see `pansharpen fuse --help`")
+    if example:
+        from .products import example_scene
+
+        p = example_scene(example)
+    elif scene is not None:
+        from .products import resolve_scene
+
+        p = resolve_scene(scene, bands=bands)
+    else:
+        if pan is None or not ms_list:
+            raise UsageError("no input given" if pan is None and not ms_list else
+                             ("--ms is missing" if pan is not None else "--pan is missing"),
+                             fix="pass SCENE, or --pan PAN.tif --ms MS.tif (or --example landsat8)")
+        return pan, ms_list, None, None, None, None
+    return p.pan, list(p.ms), p.sensor, p.band_names, p.source, p.nodata
+
+
+# ----------------------------------------------------------------------------------------------
+# fuse
+# ----------------------------------------------------------------------------------------------
+
+
+def _progress_ui(quiet: bool):
+    """A callback drawing a rich progress bar on stderr (tiles, Mpx/s, ETA)."""
+    if quiet:
+        return None, None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=err, transient=False)
+    state: dict[str, Any] = {"task": None, "pixels": 0}
+
+    def cb(ev) -> None:
+        if ev.stage == "stats" and ev.done == 0:
+            prog.start()
+            state["stats"] = prog.add_task("scene statistics", total=1, rate="")
+        elif ev.stage == "stats":
+            prog.update(state["stats"], completed=1)
+        elif ev.stage == "tiles":
+            if state["task"] is None:
+                state["task"] = prog.add_task("fusing tiles", total=ev.total, rate="")
+            state["pixels"] += ev.pixels
+            task = prog.tasks[state["task"]]
+            el = task.elapsed or 1e-9
+            prog.update(state["task"], completed=ev.done, rate=f"{state['pixels'] / el / 1e6:.1f} Mpx/s")
+        elif ev.stage == "finalize":
+            state["final"] = prog.add_task("writing output", total=1, rate="")
+
+    def close() -> None:
+        if "final" in state:
+            prog.update(state["final"], completed=1)
+        prog.stop()
+
+    return cb, close
+
+
+@app.command()
+@handle_errors
+def fuse(
+    scene: Annotated[Path | None, typer.Argument(help="A product: Landsat folder or MTL file, a PAN or MS file "
+                                                "whose partner is found by name, or a manifest (.toml/.json).",
+                                                show_default=False)] = None,
+    pan: Annotated[Path | None, typer.Option("--pan", help="Single-band PAN GeoTIFF.")] = None,
+    ms: Annotated[list[Path] | None, typer.Option("--ms", help="MS GeoTIFF, or single-band files in band order "
+                                                  "(repeat --ms or separate with commas).")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output GeoTIFF/COG.")] = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="Fusion method (see `pansharpen methods`).")] =
+    "wbrovey",
+    sensor: Annotated[str | None, typer.Option("--sensor", "-s", help="Sensor preset (see `pansharpen sensors`).")]
+    = None,
+    tile: Annotated[int, typer.Option(help="Tile size in PAN pixels.")] = 512,
+    overlap: Annotated[int | None, typer.Option(help="Pixels shared and cross-faded by neighbouring tiles, on top "
+                                                "of the method's receptive-field context (which is always "
+                                                "read and cropped). Default: 2x the receptive field.")] = None,
+    extent: Annotated[str, typer.Option(help="Output footprint: intersection, union or pan.")] = "intersection",
+    bit_depth: Annotated[int | None, typer.Option("--bit-depth", help="Radiometric bit depth (e.g. 11); "
+                                                  "unsigned outputs are clamped to [0, 2^N-1].")] = None,
+    nodata: Annotated[float | None, typer.Option(help="Nodata value for inputs that declare none, and for the "
+                                                 "output.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Output data type (default: the MS data type).")] = None,
+    of: Annotated[str, typer.Option("--of", help="Output format: GTiff or COG.")] = "GTiff",
+    co: Annotated[list[str] | None, typer.Option("--co", help="GDAL creation option KEY=VALUE (repeatable).")]
+    = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notices on stderr.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    example: Annotated[str | None, typer.Option("--example", help="Use a bundled example scene (landsat8).")]
+    = None,
+    ratio: Annotated[float | None, typer.Option(help="PAN/MS resolution ratio, for inputs without georeferencing "
+                                                "(grids assumed corner-aligned).")] = None,
+    weights: Annotated[str | None, typer.Option(help="wbrovey band weights, comma-separated.")] = None,
+    bands: Annotated[str | None, typer.Option(help="Landsat bands for the MS, e.g. 2,3,4,5.")] = None,
+) -> None:
+    """Pansharpen a PAN/MS pair (or a product) into a georeferenced GeoTIFF or COG."""
+    from .errors import UsageError
+    from .pipeline import FuseRequest, fuse as run_fuse, plan_fuse
+    from .raster import parse_creation_options
+
+    pan_p, ms_p, product_sensor, band_names, source, product_nodata = _resolve_inputs(scene, pan, ms, example, bands)
+    if out is None and not dry_run:
+        raise UsageError("no output file given", fix="pass -o OUT.tif")
+    method_options: dict[str, Any] = {}
+    if weights:
+        try:
+            method_options["weights"] = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise UsageError(f"--weights '{weights}' is not a list of numbers", fix="e.g. --weights 0.2,0.3,0.5") \
+                from None
+    req = FuseRequest(pan=pan_p, ms=ms_p, out=out, method=method, method_options=method_options,
+                      sensor=sensor or product_sensor, band_names=band_names, tile=tile, overlap=overlap,
+                      extent=extent, bit_depth=bit_depth, nodata=nodata, dtype=dtype, fmt=of,
+                      creation_options=parse_creation_options(co or []), overwrite=overwrite, ratio=ratio,
+                      product_nodata=product_nodata, source=source)
+    if dry_run:
+        plan = plan_fuse(req)
+        d = plan.to_dict()
+        if as_json:
+            typer.echo(json.dumps(d, indent=2, default=str))
+        else:
+            _print_plan(d)
+        return
+    notice = None if quiet else (lambda m: err.print(f"[yellow]note:[/] {_escape(m)}"))
+    cb, close = _progress_ui(quiet or not err.is_terminal and not os.environ.get("PANSHARPEN_PROGRESS"))
+    try:
+        summary = run_fuse(req, progress=cb, notice=notice)
+    finally:
+        if close:
+            close()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    elif not quiet:
+        err.print(f"wrote [bold]{_escape(str(out))}[/] ({summary['grid']['width']}x{summary['grid']['height']}, "
+                  f"{len(summary['bands'])} bands, {summary['dtype']}) in {summary['seconds']:.1f} s "
+                  f"({summary['mpx_per_s']} Mpx/s)")
+
+
+def _print_plan(d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="pansharpen fuse --dry-run (nothing written)", show_header=False)
+    t.add_row("PAN", str(d["pan"]))
+    t.add_row("MS", ", ".join(d["ms"]))
+    if d.get("source"):
+        t.add_row("resolved from", d["source"])
+    t.add_row("output", str(d["out"]))
+    g = d["grid"]
+    t.add_row("grid", f"{g['width']} x {g['height']} px, {g['crs']}, ratio {g['ratio'][0]:g}, extent {g['extent']}")
+    t.add_row("transform", ", ".join(f"{v:g}" for v in g["transform"]))
+    t.add_row("method", json.dumps(d["method"]))
+    t.add_row("sensor / bands", f"{d['sensor']}: {', '.join(d['bands'])}")
+    t.add_row("radiometry", f"{d['dtype']}, {d['bit_depth']}-bit ({d['bit_depth_source']}), nodata {d['nodata']}")
+    tl = d["tiles"]
+    t.add_row("tiles", f"{tl['count']} of {tl['tile']} px, overlap {tl['overlap']}, context {tl['context']}")
+    t.add_row("memory estimate", f"{d['memory_estimate_mib']} MiB")
+    for n in d["notices"]:
+        t.add_row("note", n)
+    Console(highlight=False).print(t)
+
+
+# ----------------------------------------------------------------------------------------------
+# info / sensors / methods
+# ----------------------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def info(
+    scene: Annotated[Path | None, typer.Argument(help="A product, as for `fuse`.", show_default=False)] = None,
+    pan: Annotated[Path | None, typer.Option("--pan", help="Single-band PAN GeoTIFF.")] = None,
+    ms: Annotated[list[Path] | None, typer.Option("--ms", help="MS GeoTIFF(s).")] = None,
+    example: Annotated[str | None, typer.Option("--example", help="A bundled example scene.")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Ratio for inputs without georeferencing.")] = None,
+    bands: Annotated[str | None, typer.Option(help="Landsat bands for the MS, e.g. 2,3,4,5.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Report how a PAN/MS pair lines up: ratio, offsets, overlap, CRS, dtypes, nodata, bit depth."""
+    from .pipeline import info as run_info
+
+    pan_p, ms_p, sensor, band_names, source, _ = _resolve_inputs(scene, pan, ms, example, bands)
+    d = run_info(pan_p, ms_p, ratio=ratio)
+    d["sensor"] = sensor
+    d["band_names"] = list(band_names) if band_names else None
+    d["source"] = source
+    if as_json:
+        typer.echo(json.dumps(d, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    t = Table(title="PAN/MS alignment", show_header=False)
+    for k, v in d.items():
+        t.add_row(k, json.dumps(v, default=str) if not isinstance(v, str) else v)
+    Console(highlight=False).print(t)
+
+
+@app.command()
+@handle_errors
+def sensors(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
+    """List the sensor presets: bands, bit depth, ratio, MTF gains at Nyquist."""
+    from .sensors import SENSORS
+
+    rows = [{"key": s.key, "name": s.name, "bands": s.band_names, "bit_depth": s.bit_depth, "ratio": s.ratio,
+             "ms_gnyq": s.gnyq, "pan_gnyq": s.pan_gnyq, "pan_weights": s.pan_weights, "notes": s.notes}
+            for s in SENSORS.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title="sensor presets")
+    for c in ("key", "name", "bands", "bits", "ratio", "MTF MS @Nyq", "MTF PAN"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["key"], r["name"], " ".join(r["bands"]), str(r["bit_depth"]), str(r["ratio"]),
+                  " ".join(f"{g:.3g}" for g in r["ms_gnyq"]), f"{r['pan_gnyq']:.3g}")
+    Console(highlight=False).print(t)
+
+
+@app.command()
+@handle_errors
+def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
+    """List the classical fusion methods."""
+    from .methods import METHODS
+
+    rows = [{"name": n, "description": c.description} for n, c in sorted(METHODS.items())]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{r['name']:<14} {r['description']}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C outside a command body
+        err.print("pansharpen: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

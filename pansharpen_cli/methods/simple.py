@@ -1,0 +1,76 @@
+"""Per-pixel classical methods: EXP, Brovey, weighted Brovey (GDAL's default pansharpening)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+from .base import Method, SceneInfo, TileInput
+
+_EPS = 1e-6
+
+
+class Exp(Method):
+    """EXP: the MS interpolated onto the PAN grid with the toolbox's 23-tap kernel; no PAN detail."""
+
+    name = "exp"
+    description = "MS upsampled with the 23-tap interpolator (no PAN detail; the baseline)"
+
+    def fuse_tile(self, tile: TileInput) -> np.ndarray:
+        return tile.ms_up
+
+
+class Brovey(Method):
+    """Brovey transform: each band scaled by PAN / mean(MS bands)."""
+
+    name = "brovey"
+    description = "Brovey transform: MS_b * PAN / mean(MS)"
+
+    def fuse_tile(self, tile: TileInput) -> np.ndarray:
+        intensity = tile.ms_up.mean(axis=0)
+        gain = tile.pan / np.maximum(intensity, _EPS)
+        return tile.ms_up * gain[None]
+
+
+class WeightedBrovey(Method):
+    """GDAL's weighted Brovey: pseudo-PAN = sum_b w_b MS_b; out_b = MS_b * PAN / pseudo-PAN.
+
+    Weights come from ``--weights`` or the sensor preset (spectral overlap with the PAN band);
+    without either, equal weights 1/B.
+    """
+
+    name = "wbrovey"
+    description = "GDAL's weighted Brovey: MS_b * PAN / sum(w_b MS_b); --weights or sensor preset"
+
+    def __init__(self, weights: Sequence[float] | None = None, **options):
+        super().__init__(**options)
+        self.weights: np.ndarray | None = None if weights is None else np.asarray(weights, dtype=np.float32)
+
+    def fit(self, scene: SceneInfo) -> None:
+        if self.weights is None:
+            w = np.asarray(scene.sensor.pan_weights[: scene.n_bands], dtype=np.float32)
+            if len(w) != scene.n_bands or not np.any(w > 0):
+                w = np.full(scene.n_bands, 1.0 / scene.n_bands, dtype=np.float32)
+            self.weights = w
+        elif len(self.weights) != scene.n_bands:
+            raise UsageError(f"--weights has {len(self.weights)} values for {scene.n_bands} MS bands",
+                             fix=f"give {scene.n_bands} comma-separated weights")
+        self.options["weights"] = [round(float(x), 6) for x in self.weights]
+
+    def fuse_tile(self, tile: TileInput) -> np.ndarray:
+        assert self.weights is not None
+        pseudo = np.tensordot(self.weights, tile.ms_up, axes=1)
+        gain = tile.pan / np.maximum(pseudo, _EPS)
+        return tile.ms_up * gain[None]
+
+
+class Identity(Method):
+    """Returns the PAN in every band: for testing the engine (must reproduce the PAN exactly)."""
+
+    name = "identity-pan"
+    description = "testing aid: the PAN copied into every band"
+
+    def fuse_tile(self, tile: TileInput) -> np.ndarray:
+        return np.broadcast_to(tile.pan, tile.ms_up.shape).copy()

@@ -1,0 +1,363 @@
+"""The fuse pipeline: composes raster I/O, alignment, tiling, resampling and a fusion method.
+
+Library entry points: :func:`plan_fuse` (no pixels written; what ``--dry-run`` prints) and
+:func:`fuse` (does the work). Progress is reported through a callback; problems raise the typed
+errors of :mod:`pansharpen_cli.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import RadiometryError, UsageError
+from .methods import Method, SceneInfo, TileInput, get_method
+from .raster import (
+    Alignment,
+    OutputWriter,
+    SceneReader,
+    align,
+    check_destination,
+    check_dtype,
+    dtype_range,
+    inspect_ms,
+    inspect_raster,
+)
+from .resample import lr_range, nearest_lr_index, resample_block
+from .sensors import Sensor, generic_sensor, get_sensor
+from .tiling import StripAssembler, TilePlan, Window, plan_tiles
+
+
+@dataclass
+class FuseRequest:
+    """Everything ``pansharpen fuse`` needs; the CLI fills it from the command line."""
+
+    pan: str | Path
+    ms: Sequence[str | Path]
+    out: str | Path | None = None
+    method: str | Method = "wbrovey"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    sensor: str | None = None
+    band_names: Sequence[str] | None = None
+    tile: int = 512
+    overlap: int | None = None
+    extent: str = "intersection"
+    bit_depth: int | None = None
+    nodata: float | None = None
+    dtype: str | None = None
+    fmt: str = "GTiff"
+    creation_options: dict[str, str] = field(default_factory=dict)
+    overwrite: bool = False
+    ratio: float | None = None
+    #: nodata the product defines when its files do not (e.g. Landsat L1 fill = 0)
+    product_nodata: float | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    stage: str  # "stats" | "tiles" | "finalize"
+    done: int
+    total: int
+    pixels: int = 0
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+NoticeCallback = Callable[[str], None]
+
+
+@dataclass
+class FusePlan:
+    request: FuseRequest
+    alignment: Alignment
+    sensor: Sensor
+    method: Method
+    tiles: TilePlan
+    out_dtype: str
+    bit_depth: int
+    bit_depth_source: str
+    pan_nodata: float | None
+    ms_nodata: float | None
+    out_nodata: float | None
+    band_names: list[str]
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def bands(self) -> int:
+        return self.alignment.ms.count
+
+    def memory_estimate(self) -> int:
+        """Bytes the tile loop holds at its peak (strip + carry + tile working set + write buffer)."""
+        t, w = self.tiles, self.alignment.width
+        b1 = self.bands + 1
+        strip = b1 * t.tile_height * w * 4 * 2
+        side = max(t.tile_height, t.tile_width) + 2 * t.context
+        work = (4 * self.bands + 6) * side * side * 4
+        out_buf = self.bands * min(512, self.alignment.height) * w * np.dtype(self.out_dtype).itemsize
+        return int(strip + work + out_buf)
+
+    def to_dict(self) -> dict[str, Any]:
+        a = self.alignment
+        return {
+            "pan": str(self.request.pan),
+            "ms": [str(p) for p in self.request.ms],
+            "out": str(self.request.out) if self.request.out else None,
+            "source": self.request.source,
+            "method": self.method.describe(),
+            "sensor": self.sensor.key,
+            "bands": self.band_names,
+            "grid": {"crs": a.summary()["crs"], "transform": list(a.out_transform)[:6],
+                     "width": a.width, "height": a.height, "extent": a.extent,
+                     "ratio": [round(a.cols.ratio, 6), round(a.rows.ratio, 6)],
+                     "ms_reprojected": a.reprojected},
+            "tiles": {"tile": self.tiles.tile, "overlap": self.tiles.overlap, "context": self.tiles.context,
+                      "count": self.tiles.n_tiles},
+            "dtype": self.out_dtype,
+            "bit_depth": self.bit_depth,
+            "bit_depth_source": self.bit_depth_source,
+            "nodata": {"pan": self.pan_nodata, "ms": self.ms_nodata, "out": self.out_nodata},
+            "memory_estimate_mib": round(self.memory_estimate() / 2**20, 1),
+            "format": self.request.fmt,
+            "notices": self.notices,
+        }
+
+
+def _resolve_sensor(req: FuseRequest, n_bands: int, tags: dict[str, str]) -> tuple[Sensor, list[str]]:
+    notes: list[str] = []
+    name = req.sensor or tags.get("SENSOR")
+    if name:
+        s = get_sensor(name)
+        if n_bands > s.n_bands:
+            raise UsageError(f"sensor {s.key} has {s.n_bands} MS bands but the MS has {n_bands}",
+                             path=str(req.ms[0]), fix="pass the right --sensor, or none for generic settings")
+        return s.subset(n_bands), notes
+    return generic_sensor(n_bands, 16, 4), notes
+
+
+def plan_fuse(req: FuseRequest) -> FusePlan:
+    """Open the headers, check everything that can be checked without pixels, and plan the run."""
+    if req.tile < 16:
+        raise UsageError(f"--tile {req.tile} is too small", fix="use at least 16 (default 512)")
+    if req.overlap is not None and req.overlap < 0:
+        raise UsageError("--overlap must be >= 0")
+    if req.out is not None:
+        check_destination(req.out, req.overwrite)
+    pan = inspect_raster(req.pan, "PAN")
+    ms = inspect_ms(req.ms)
+    a = align(pan, ms, extent=req.extent, ratio=req.ratio)
+    notices: list[str] = []
+    if a.reprojected:
+        notices.append(f"MS CRS differs from the PAN's: reprojecting the MS on the fly to {a.summary()['crs']}")
+    if a.synthetic_georef:
+        notices.append(f"inputs lack georeferencing: assuming corner-aligned grids, ratio {req.ratio:g}")
+    sensor, sn = _resolve_sensor(req, ms.count, {**pan.tags, **ms.first.tags})
+    notices += sn
+    method = req.method if isinstance(req.method, Method) else get_method(req.method, **req.method_options)
+    out_dtype = check_dtype(req.dtype) if req.dtype else ms.first.dtype
+    # bit depth: option > NBITS/BIT_DEPTH metadata > sensor preset > data type
+    if req.bit_depth is not None:
+        bits, src = req.bit_depth, "--bit-depth"
+    elif ms.first.bit_depth:
+        bits, src = ms.first.bit_depth, "MS metadata"
+    elif sensor.key != "generic":
+        bits, src = sensor.bit_depth, f"sensor preset {sensor.key}"
+    else:
+        bits, src = np.dtype(out_dtype).itemsize * 8, "data type"
+    if req.bit_depth is not None and not 1 <= req.bit_depth <= 32:
+        raise UsageError(f"--bit-depth {req.bit_depth} is out of range", fix="use 1-32, e.g. 11 for WorldView")
+    pan_nodata = pan.nodata if pan.nodata is not None else (req.nodata if req.nodata is not None else req.product_nodata)
+    ms_nodata = ms.first.nodata if ms.first.nodata is not None else (
+        req.nodata if req.nodata is not None else req.product_nodata)
+    out_nodata = req.nodata if req.nodata is not None else (ms_nodata if ms_nodata is not None else pan_nodata)
+    if out_nodata is None and a.extent != "intersection":
+        out_nodata = float("nan") if np.dtype(out_dtype).kind == "f" else 0.0
+        notices.append(f"--extent {a.extent} leaves pixels without data: nodata set to {out_nodata:g}")
+    if out_nodata is not None and not (isinstance(out_nodata, float) and math.isnan(out_nodata)):
+        lo, hi = dtype_range(out_dtype)
+        if not lo <= out_nodata <= hi:
+            out_nodata = 0.0 if np.dtype(out_dtype).kind == "u" else lo
+            notices.append(f"input nodata does not fit {out_dtype}: output nodata set to {out_nodata:g}")
+    names = list(req.band_names or [])
+    if not names:
+        descr = [d for f in ms.files for d in (f.descriptions or ())]
+        names = [d or "" for d in descr] if any(descr) else []
+    if len(names) != ms.count:
+        names = sensor.band_names if sensor.key != "generic" else [f"Band {i + 1}" for i in range(ms.count)]
+    overlap = req.overlap if req.overlap is not None else (0 if method.receptive_field == 0 else
+                                                            2 * method.receptive_field)
+    tiles = plan_tiles(a.height, a.width, req.tile, min(overlap, req.tile - 1), method.receptive_field)
+    return FusePlan(req, a, sensor, method, tiles, out_dtype, int(bits), src, pan_nodata, ms_nodata, out_nodata,
+                    names, notices)
+
+
+class _Engine:
+    """Computes one tile: reads PAN and MS around it, resamples, runs the method, crops context."""
+
+    def __init__(self, plan: FusePlan, reader: SceneReader):
+        self.plan = plan
+        self.reader = reader
+        a = plan.alignment
+        self.extent = (a.ms_shape[0], a.ms_shape[1])
+
+    def inputs(self, w: Window) -> TileInput:
+        a = self.plan.alignment
+        pan, pan_valid = self.reader.read_pan(w)
+        rows = (w.row, w.row_stop)
+        cols = (w.col, w.col_stop)
+        kr = lr_range(a.rows, *rows, a.height)
+        kc = lr_range(a.cols, *cols, a.width)
+        lr, lr_valid = self.reader.read_ms_lr(kr, kc)
+        ms_up = resample_block(lr, a.rows, a.cols, kr[0], kc[0], rows, cols, (a.height, a.width))
+        nr = nearest_lr_index(a.rows, *rows) - kr[0]
+        nc = nearest_lr_index(a.cols, *cols) - kc[0]
+        ms_valid = lr_valid[np.ix_(nr, nc)]
+        return TileInput(pan=pan, ms_up=ms_up, valid=pan_valid & ms_valid)
+
+    def tile(self, w_core: Window, context: int) -> np.ndarray:
+        """(B + 1, h, w) float32: fused bands and the validity mask (1.0 valid) of the core window."""
+        method = self.plan.method
+        t = self.inputs(w_core.expand(context))
+        c = context
+        core_valid = t.valid[c:c + w_core.height, c:c + w_core.width]
+        out = np.empty((self.plan.bands + 1, w_core.height, w_core.width), dtype=np.float32)
+        out[-1] = core_valid
+        if not core_valid.any():
+            out[:-1] = 0.0
+            return out
+        fused = method.fuse_tile(t)
+        out[:-1] = fused[:, c:c + w_core.height, c:c + w_core.width]
+        return out
+
+
+def _to_output(block: np.ndarray, plan: FusePlan) -> np.ndarray:
+    """(B + 1, h, w) float32 -> (B, h, w) in the output dtype: clamp, round, nodata."""
+    data, valid = block[:-1], block[-1] > 0.5
+    dt = np.dtype(plan.out_dtype)
+    nod = plan.out_nodata
+    if dt.kind in "ui":
+        lo, hi = dtype_range(plan.out_dtype)
+        if dt.kind == "u":
+            hi = min(hi, float(2 ** plan.bit_depth - 1))
+        out = np.clip(np.rint(np.nan_to_num(data, nan=lo)), lo, hi)
+        if nod is not None:
+            # valid pixels never take the nodata value
+            bump = 1.0 if nod < hi else -1.0
+            out = np.where(out == nod, nod + bump, out)
+            out = np.where(valid[None], out, nod)
+        return out.astype(dt)
+    out = data.astype(dt)
+    if nod is not None:
+        out = np.where(valid[None], out, np.asarray(nod, dtype=dt))
+    return out
+
+
+def _tags(plan: FusePlan) -> dict[str, str]:
+    r = plan.request
+    opts = {"tile": plan.tiles.tile, "overlap": plan.tiles.overlap, "extent": plan.alignment.extent,
+            "bit_depth": plan.bit_depth, "dtype": plan.out_dtype}
+    tags = {
+        "PANSHARPEN_VERSION": __version__,
+        "PANSHARPEN_METHOD": plan.method.name,
+        "PANSHARPEN_METHOD_OPTIONS": json.dumps(plan.method.describe(), sort_keys=True, default=str),
+        "PANSHARPEN_OPTIONS": json.dumps(opts, sort_keys=True),
+        "PANSHARPEN_PAN": Path(r.pan).name,
+        "PANSHARPEN_MS": ",".join(Path(p).name for p in r.ms),
+        "PANSHARPEN_SENSOR": plan.sensor.key,
+        "BIT_DEPTH": str(plan.bit_depth),
+    }
+    for k, v in plan.method.provenance.items():
+        tags[f"PANSHARPEN_{k.upper()}"] = str(v)
+    return tags
+
+
+def _scene_info(plan: FusePlan, reader: SceneReader, notice: NoticeCallback | None) -> SceneInfo:
+    """One decimated read of the canvas: fill values, bit-depth sanity, the method's scene sample."""
+    s = reader.sample()
+    valid = np.isfinite(s["pan"])
+    if not valid.any():
+        raise RadiometryError("every pixel of the output area is nodata", path=str(plan.request.pan),
+                              fix="check the nodata values (--nodata) and that PAN and MS cover the same area")
+    ms = s["ms"]
+    reader.pan_fill = float(np.nanmean(s["pan"]))
+    reader.ms_fill = np.nan_to_num(np.nanmean(ms.reshape(ms.shape[0], -1), axis=1)).astype(np.float32)
+    peak = float(np.nanmax(s["ms_lr"])) if np.isfinite(s["ms_lr"]).any() else 0.0
+    dt = np.dtype(plan.out_dtype)
+    if dt.kind == "u" and peak > 2 ** plan.bit_depth - 1 and plan.bit_depth_source.startswith("sensor"):
+        new_bits = dt.itemsize * 8
+        msg = (f"MS values reach {peak:.0f}, above the {plan.bit_depth}-bit range of the "
+               f"{plan.bit_depth_source}: using {new_bits} bits (set --bit-depth to override)")
+        plan.notices.append(msg)
+        if notice:
+            notice(msg)
+        plan.bit_depth, plan.bit_depth_source = new_bits, "data range"
+    return SceneInfo(sensor=plan.sensor, n_bands=plan.bands, ratio=plan.alignment.cols.ratio,
+                     bit_depth=plan.bit_depth, pan_sample=s["pan"], ms_sample=ms, ms_lr_sample=s["ms_lr"])
+
+
+def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
+         notice: NoticeCallback | None = None) -> dict[str, Any]:
+    """Pansharpen ``req.pan`` + ``req.ms`` into ``req.out``. Returns a summary dict."""
+    if req.out is None:
+        raise UsageError("no output file given", fix="pass -o OUT.tif")
+    t0 = time.perf_counter()
+    plan = plan_fuse(req)
+    if notice:
+        for n in plan.notices:
+            notice(n)
+    a = plan.alignment
+    tiles = plan.tiles
+    skipped = 0
+    with SceneReader(a, pan_nodata=plan.pan_nodata, ms_nodata=plan.ms_nodata) as reader:
+        if progress:
+            progress(ProgressEvent("stats", 0, 1))
+        scene = _scene_info(plan, reader, notice)
+        plan.method.fit(scene)
+        if progress:
+            progress(ProgressEvent("stats", 1, 1))
+        engine = _Engine(plan, reader)
+        asm = StripAssembler(tiles, plan.bands + 1)
+        done = 0
+        with OutputWriter(req.out, width=a.width, height=a.height, count=plan.bands, dtype=plan.out_dtype,
+                          crs=a.pan.crs, transform=a.out_transform, nodata=plan.out_nodata, fmt=req.fmt,
+                          creation_options=req.creation_options, overwrite=req.overwrite, tags=_tags(plan),
+                          band_descriptions=plan.band_names,
+                          band_colors=[b.common for b in plan.sensor.bands]) as writer:
+            for i in range(len(tiles.row_starts)):
+                outs = []
+                for t in tiles.row_tiles(i):
+                    out = engine.tile(t.core, t.context)
+                    if not out[-1].any():
+                        skipped += 1
+                    outs.append(out)
+                    done += 1
+                    if progress:
+                        progress(ProgressEvent("tiles", done, tiles.n_tiles, t.core.height * t.core.width))
+                row0, block = asm.add_row(i, outs)
+                if block.shape[1]:
+                    writer.write_rows(row0, _to_output(block, plan))
+            if progress:
+                progress(ProgressEvent("finalize", 0, 1))
+    seconds = time.perf_counter() - t0
+    mpx = a.width * a.height / 1e6
+    return {
+        **plan.to_dict(),
+        "tiles_skipped_nodata": skipped,
+        "seconds": round(seconds, 3),
+        "megapixels": round(mpx, 3),
+        "mpx_per_s": round(mpx / seconds, 3) if seconds > 0 else None,
+    }
+
+
+def info(pan: str | Path, ms: Sequence[str | Path], *, ratio: float | None = None,
+         extent: str = "intersection") -> dict[str, Any]:
+    """How a PAN/MS pair lines up (``pansharpen info``)."""
+    a = align(inspect_raster(pan, "PAN"), inspect_ms(ms), extent=extent, ratio=ratio)
+    return a.summary()

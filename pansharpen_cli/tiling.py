@@ -1,0 +1,183 @@
+"""Pure window math for tiled processing: no I/O, no pixels.
+
+The output canvas (H, W) is covered by tiles of ``tile`` pixels placed every ``tile - overlap``
+pixels; the last row and column are snapped to the canvas edge (so every tile is whole unless
+the canvas itself is smaller). Each tile is computed on a *read window* that adds ``context``
+pixels on every side (data beyond the canvas are supplied by the reader, by reflection); the
+context is cropped after computing. Where two tiles' cores overlap, the later tile is blended in
+with a linear ramp: ``a + w * (b - a)`` — exact wherever both tiles agree, so identity and
+per-pixel methods reproduce their untiled output bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle in canvas pixel coordinates (may extend beyond the canvas)."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def row_stop(self) -> int:
+        return self.row + self.height
+
+    @property
+    def col_stop(self) -> int:
+        return self.col + self.width
+
+    def expand(self, n: int) -> Window:
+        return Window(self.row - n, self.col - n, self.height + 2 * n, self.width + 2 * n)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets along one axis: a regular step of ``tile - overlap``, last one snapped.
+
+    >>> tile_starts(10, 4, 1)
+    [0, 3, 6]
+    >>> tile_starts(3, 8, 2)
+    [0]
+    """
+    if length <= 0:
+        return []
+    if tile <= 0:
+        raise ValueError("tile must be positive")
+    if not 0 <= overlap < tile:
+        raise ValueError("overlap must be in [0, tile)")
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_weights(n: int) -> np.ndarray:
+    """Weights of the *later* tile across an overlap of ``n`` pixels: strictly inside (0, 1)."""
+    return ((np.arange(n, dtype=np.float32) + 0.5) / n).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Tile:
+    row_index: int
+    col_index: int
+    #: the part of the canvas this tile contributes to
+    core: Window
+    #: ``core`` plus context on every side: what the method is run on
+    read: Window
+    context: int
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    context: int
+    row_starts: tuple[int, ...]
+    col_starts: tuple[int, ...]
+
+    @property
+    def tile_height(self) -> int:
+        return min(self.tile, self.height)
+
+    @property
+    def tile_width(self) -> int:
+        return min(self.tile, self.width)
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.row_starts) * len(self.col_starts)
+
+    def tile_at(self, i: int, j: int) -> Tile:
+        core = Window(self.row_starts[i], self.col_starts[j], self.tile_height, self.tile_width)
+        return Tile(i, j, core, core.expand(self.context), self.context)
+
+    def row_tiles(self, i: int) -> Iterator[Tile]:
+        for j in range(len(self.col_starts)):
+            yield self.tile_at(i, j)
+
+    def __iter__(self) -> Iterator[Tile]:
+        for i in range(len(self.row_starts)):
+            yield from self.row_tiles(i)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int) -> TilePlan:
+    """Plan the tiles of an (height, width) canvas."""
+    if height <= 0 or width <= 0:
+        raise ValueError("empty canvas")
+    if context < 0:
+        raise ValueError("context must be >= 0")
+    overlap = min(overlap, tile - 1)
+    return TilePlan(height, width, tile, overlap, context,
+                    tuple(tile_starts(height, tile, overlap)), tuple(tile_starts(width, tile, overlap)))
+
+
+def blend_into(dst: np.ndarray, src: np.ndarray, axis: int, overlap: int) -> None:
+    """Blend the first ``overlap`` entries of ``src`` along ``axis`` onto the last of ``dst``.
+
+    ``dst`` is modified in place: ``dst + w * (src - dst)`` with ramp weights ``w``.
+    """
+    if overlap <= 0:
+        return
+    w = blend_weights(overlap)
+    shape = [1] * dst.ndim
+    shape[axis] = overlap
+    w = w.reshape(shape)
+    a = np.take(dst, range(dst.shape[axis] - overlap, dst.shape[axis]), axis=axis)
+    b = np.take(src, range(overlap), axis=axis)
+    mixed = a + w * (b - a)
+    idx = [slice(None)] * dst.ndim
+    idx[axis] = slice(dst.shape[axis] - overlap, dst.shape[axis])
+    dst[tuple(idx)] = mixed
+
+
+class StripAssembler:
+    """Stitches the tiles of one plan row by row and yields finished canvas rows.
+
+    Memory is one strip (bands x tile x width) plus the overlap carried to the next strip.
+    Call :meth:`add_row` with the cropped tile outputs of each tile row, in order; it returns
+    ``(row_start, block)`` of canvas rows that are final.
+    """
+
+    def __init__(self, plan: TilePlan, bands: int, dtype=np.float32):
+        self.plan = plan
+        self.bands = bands
+        self.dtype = dtype
+        self._carry: np.ndarray | None = None
+        self._next_row = 0
+
+    def add_row(self, i: int, tiles: list[np.ndarray]) -> tuple[int, np.ndarray]:
+        p = self.plan
+        th = p.tile_height
+        strip = np.empty((self.bands, th, p.width), dtype=self.dtype)
+        prev_end = 0
+        for j, out in enumerate(tiles):
+            c0 = p.col_starts[j]
+            n = max(prev_end - c0, 0)
+            if n:
+                blend_into(strip[:, :, :prev_end], out[:, :, :n], axis=2, overlap=n)
+            strip[:, :, c0 + n:c0 + out.shape[2]] = out[:, :, n:]
+            prev_end = c0 + out.shape[2]
+        r0 = p.row_starts[i]
+        if self._carry is not None:
+            n = self._carry.shape[1]
+            head = self._carry.copy()
+            blend_into(head, strip[:, :n], axis=1, overlap=n)
+            strip[:, :n] = head
+        # rows final now: from the first row not yet emitted up to the next strip's start
+        stop = p.row_starts[i + 1] if i + 1 < len(p.row_starts) else p.height
+        emit_from = self._next_row
+        block = strip[:, emit_from - r0:stop - r0]
+        self._carry = strip[:, stop - r0:].copy() if stop - r0 < th else None
+        self._next_row = stop
+        return emit_from, block
