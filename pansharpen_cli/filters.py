@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage, signal, sparse
 
 #: Half of the symmetric 23-tap half-band interpolation kernel of the toolbox's ``interp23tap``
 #: (centre tap first, odd taps zero); the full kernel is ``HALFBAND_23TAP``.
@@ -181,8 +181,8 @@ def _cubic(x: np.ndarray) -> np.ndarray:
             + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2)))
 
 
-def _resize_matrix(n_in: int, scale: float, antialias: bool = True) -> np.ndarray:
-    """``(n_out, n_in)`` matrix of MATLAB ``imresize`` bicubic weights along one axis."""
+def _resize_matrix(n_in: int, scale: float, antialias: bool = True) -> sparse.csr_matrix:
+    """Sparse ``(n_out, n_in)`` matrix of MATLAB ``imresize`` bicubic weights along one axis."""
     n_out = int(np.ceil(n_in * scale))
     width = 4.0
     if scale < 1 and antialias:
@@ -201,9 +201,9 @@ def _resize_matrix(n_in: int, scale: float, antialias: bool = True) -> np.ndarra
     # symmetric border: 1..n, n..1 repeated (1-based)
     aux = np.concatenate([np.arange(n_in), np.arange(n_in)[::-1]])
     idx = aux[np.mod(ind.astype(np.int64) - 1, 2 * n_in)]
-    m = np.zeros((n_out, n_in), dtype=np.float64)
-    np.add.at(m, (np.repeat(np.arange(n_out), p), idx.ravel()), wts.ravel())
-    return m
+    # duplicate (row, col) entries from the folded border are summed by the conversion
+    rows = np.repeat(np.arange(n_out), p)
+    return sparse.coo_matrix((wts.ravel(), (rows, idx.ravel())), shape=(n_out, n_in)).tocsr()
 
 
 def imresize_bicubic(img: np.ndarray, scale: float) -> np.ndarray:
@@ -218,7 +218,10 @@ def imresize_bicubic(img: np.ndarray, scale: float) -> np.ndarray:
     a, was2d = _as_bands(img)
     mr = _resize_matrix(a.shape[1], float(scale))
     mc = _resize_matrix(a.shape[2], float(scale))
-    out = np.einsum("ij,bjk,lk->bil", mr, a, mc, optimize=True)
+    out = np.empty((a.shape[0], mr.shape[0], mc.shape[0]), dtype=np.float64)
+    mct = mc.T.tocsr()
+    for i, band in enumerate(a):
+        out[i] = np.asarray(mr @ band) @ mct  # rows first, then columns (MATLAB's order for equal scales)
     return out[0] if was2d else out
 
 
