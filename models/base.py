@@ -62,7 +62,8 @@ class ArchSpec:
         ratio: PAN/MS resolution ratio the network was designed for.
         global_context: the output depends on statistics of the whole input (global pooling,
             channel covariances), so results depend on the tile: use tiles as large as possible.
-        band_key: state-dict key whose first dimension is the band count (used by detection).
+        band_key: state-dict key whose dimension ``band_dim`` is the band count (used by detection).
+        band_dim: see ``band_key``.
         reference: the paper.
         aliases: other names accepted by ``build`` (e.g. checkpoint file stems).
     """
@@ -77,6 +78,7 @@ class ArchSpec:
     ratio: int = 4
     global_context: bool = False
     band_key: str = ""
+    band_dim: int = 0
     reference: str = ""
     aliases: tuple[str, ...] = field(default=())
 
@@ -118,8 +120,9 @@ class PansharpenNet(nn.Module):
         if lms is None:
             raise ValueError(f"{type(self).__name__} needs `lms` (the MS upsampled to the PAN grid)")
         if tuple(lms.shape) != (n, self.n_bands, h, w):
-            raise ValueError(f"lms must be (N, {self.n_bands}, H, W) = {(n, self.n_bands, h, w)}, "
-                             f"got {tuple(lms.shape)}")
+            raise ValueError(
+                f"lms must be (N, {self.n_bands}, H, W) = {(n, self.n_bands, h, w)}, got {tuple(lms.shape)}"
+            )
         return lms
 
     def _check_ms(self, pan: Tensor, ms: Tensor | None) -> Tensor:
@@ -130,8 +133,10 @@ class PansharpenNet(nn.Module):
         if h % r or w % r:
             raise ValueError(f"{type(self).__name__}: PAN size {h}x{w} must be a multiple of {r}")
         if tuple(ms.shape) != (n, self.n_bands, h // r, w // r):
-            raise ValueError(f"ms must be (N, {self.n_bands}, H/{r}, W/{r}) = "
-                             f"{(n, self.n_bands, h // r, w // r)}, got {tuple(ms.shape)}")
+            raise ValueError(
+                f"ms must be (N, {self.n_bands}, H/{r}, W/{r}) = "
+                f"{(n, self.n_bands, h // r, w // r)}, got {tuple(ms.shape)}"
+            )
         return ms
 
 
