@@ -173,11 +173,11 @@ def _progress_ui(quiet: bool):
 @app.command()
 @handle_errors
 def fuse(
-    scene: Annotated[Path | None, typer.Argument(help="A product: Landsat folder or MTL file, a PAN or MS file "
+    scene: Annotated[Path | None, typer.Argument(readable=False, help="A product: Landsat folder or MTL file, a PAN or MS file "
                                                 "whose partner is found by name, or a manifest (.toml/.json).",
                                                 show_default=False)] = None,
-    pan: Annotated[Path | None, typer.Option("--pan", help="Single-band PAN GeoTIFF.")] = None,
-    ms: Annotated[list[Path] | None, typer.Option("--ms", help="MS GeoTIFF, or single-band files in band order "
+    pan: Annotated[Path | None, typer.Option("--pan", readable=False, help="Single-band PAN GeoTIFF.")] = None,
+    ms: Annotated[list[Path] | None, typer.Option("--ms", readable=False, help="MS GeoTIFF, or single-band files in band order "
                                                   "(repeat --ms or separate with commas).")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output GeoTIFF/COG.")] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Fusion method (see `pansharpen methods`).")] =
@@ -282,9 +282,9 @@ def _print_plan(d: dict[str, Any]) -> None:
 @app.command()
 @handle_errors
 def info(
-    scene: Annotated[Path | None, typer.Argument(help="A product, as for `fuse`.", show_default=False)] = None,
-    pan: Annotated[Path | None, typer.Option("--pan", help="Single-band PAN GeoTIFF.")] = None,
-    ms: Annotated[list[Path] | None, typer.Option("--ms", help="MS GeoTIFF(s).")] = None,
+    scene: Annotated[Path | None, typer.Argument(readable=False, help="A product, as for `fuse`.", show_default=False)] = None,
+    pan: Annotated[Path | None, typer.Option("--pan", readable=False, help="Single-band PAN GeoTIFF.")] = None,
+    ms: Annotated[list[Path] | None, typer.Option("--ms", readable=False, help="MS GeoTIFF(s).")] = None,
     example: Annotated[str | None, typer.Option("--example", help="A bundled example scene.")] = None,
     ratio: Annotated[float | None, typer.Option(help="Ratio for inputs without georeferencing.")] = None,
     bands: Annotated[str | None, typer.Option(help="Landsat bands for the MS, e.g. 2,3,4,5.")] = None,
@@ -347,12 +347,31 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on 
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: command-line mistakes also come out as one line, exit 2."""
+    try:  # typer >= 0.20 vendors its own copy of click
+        from typer._click import exceptions as click  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click
+
     try:
-        app()
+        rc = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else "", err=True)
+        sys.exit(2)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "pansharpen"
+        err.print(f"[bold red]pansharpen: error:[/] {_escape(e.format_message())} - see `{cmd} --help`",
+                  soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("pansharpen: interrupted")
+        sys.exit(130)
     except KeyboardInterrupt:  # Ctrl-C outside a command body
         err.print("pansharpen: interrupted")
         sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

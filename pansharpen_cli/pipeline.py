@@ -61,6 +61,10 @@ class FuseRequest:
     product_nodata: float | None = None
     source: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.ms, (str, Path)):
+            self.ms = [self.ms]
+
 
 @dataclass(frozen=True)
 class ProgressEvent:

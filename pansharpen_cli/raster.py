@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import warnings
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -60,6 +62,36 @@ class RasterInfo:
     @property
     def res(self) -> tuple[float, float]:
         return abs(self.transform.a), abs(self.transform.e)
+
+
+@contextlib.contextmanager
+def _gdal_quiet():
+    """Silence the NotGeoreferencedWarning of our own opens (the CLI reports georeferencing itself)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+class _GdalWarnings(logging.Handler):
+    """Collects GDAL warnings that rasterio forwards to logging while creating a file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _GdalWarnings:
+        logging.getLogger("rasterio._env").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("rasterio._env").removeHandler(self)
+
+    def option_problems(self) -> list[str]:
+        keys = ("creation option", "unexpected value", "not recognised", "not supported", "ignoring")
+        return [m for m in self.messages if any(k in m.lower() for k in keys)]
 
 
 def _check_file(path: str | Path, role: str) -> Path:
@@ -183,12 +215,12 @@ class Alignment:
 
     @property
     def out_transform(self) -> Affine:
-        return self.pan_transform * Affine.translation(self.col_off, self.row_off)
+        return self.pan_transform @ Affine.translation(self.col_off, self.row_off)
 
     def ms_offset_pan_px(self) -> tuple[float, float]:
         """Offset of the MS grid origin from the PAN grid origin, in PAN pixels (x, y)."""
         inv = ~self.pan_transform
-        x, y = inv * (self.ms_transform.c, self.ms_transform.f)
+        x, y = _apply(inv, self.ms_transform.c, self.ms_transform.f)
         return float(x), float(y)
 
     def summary(self) -> dict[str, Any]:
@@ -221,6 +253,11 @@ class Alignment:
         }
 
 
+def _apply(t: Affine, x: float, y: float) -> tuple[float, float]:
+    """Map a point through an affine transform."""
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
 def _crs_text(crs) -> str | None:
     if crs is None:
         return None
@@ -235,8 +272,8 @@ def _footprint(a: Alignment | None, extent: str, strict: bool = True, *, pan: Ra
         pan, ms_t, ms_shape = a.pan, a.ms_transform, a.ms_shape
     assert pan is not None and ms_t is not None and ms_shape is not None
     inv = ~pan.transform
-    x0, y0 = inv * (ms_t.c, ms_t.f)
-    x1, y1 = inv * (ms_t.c + ms_t.a * ms_shape[1], ms_t.f + ms_t.e * ms_shape[0])
+    x0, y0 = _apply(inv, ms_t.c, ms_t.f)
+    x1, y1 = _apply(inv, ms_t.c + ms_t.a * ms_shape[1], ms_t.f + ms_t.e * ms_shape[0])
     mx0, mx1 = sorted((x0, x1))
     my0, my1 = sorted((y0, y1))
     if extent == "pan":
@@ -318,14 +355,11 @@ def align(pan: RasterInfo, ms: MSInfo, *, extent: str = "intersection", ratio: f
                             fix="check that both files cover the same area (and CRS)")
     assert fp is not None
     r0, c0, h, w = fp
-    # canvas pixel (i, j) centre in PAN pixel coords: (c0 + j + 0.5, r0 + i + 0.5); to MS pixel centre coords
-    inv_ms = ~ms_t
     # x -> MS column (pixel centres at integers): u = (X - ms_c) / ms_a - 0.5, X = pan_c + pan_a * (c0 + j + .5)
     col_scale = pan_t.a / ms_t.a
     col_off = (pan_t.c + pan_t.a * (c0 + 0.5) - ms_t.c) / ms_t.a - 0.5
     row_scale = pan_t.e / ms_t.e
     row_off = (pan_t.f + pan_t.e * (r0 + 0.5) - ms_t.f) / ms_t.e - 0.5
-    del inv_ms
     return Alignment(pan=RasterInfo(**{**pan.__dict__, "transform": pan_t}), ms=ms, ms_transform=ms_t,
                      ms_shape=ms_shape, reprojected=reprojected, synthetic_georef=synthetic, row_off=r0,
                      col_off=c0, height=h, width=w, rows=AxisMap(row_scale, row_off),
@@ -368,8 +402,9 @@ class SceneReader:
         self.ms_nodata = ms_nodata
         self._env = rasterio.Env(**GDAL_ENV)
         self._env.__enter__()
-        self._pan = rasterio.open(a.pan.path)
-        self._ms = [rasterio.open(p) for p in a.ms.paths]
+        with _gdal_quiet():
+            self._pan = rasterio.open(a.pan.path)
+            self._ms = [rasterio.open(p) for p in a.ms.paths]
         self._ms_ds = self._ms
         self.reprojection_note = None
         if a.reprojected:
@@ -401,13 +436,13 @@ class SceneReader:
         inside = ((rows >= 0) & (rows < a.pan.height))[:, None] & ((cols >= 0) & (cols < a.pan.width))[None, :]
         rr, cc = _reflect(rows, a.pan.height), _reflect(cols, a.pan.width)
         v = _read_gather(self._pan, 1, rr, cc).astype(np.float32, copy=False)
-        valid = inside
+        bad = np.zeros(v.shape, bool)
         if self.pan_nodata is not None:
-            valid = valid & (v != np.float32(self.pan_nodata))
-        if np.issubdtype(v.dtype, np.floating):
-            valid = valid & np.isfinite(v)
-        v = np.where(valid, v, np.float32(self.pan_fill)).astype(np.float32, copy=False)
-        return v, valid
+            bad |= v == np.float32(self.pan_nodata)
+        bad |= ~np.isfinite(v)
+        # outside the raster: invalid, but the reflected values stay as context for the method
+        v = np.where(bad, np.float32(self.pan_fill), v).astype(np.float32, copy=False)
+        return v, inside & ~bad
 
     # -- MS -------------------------------------------------------------------------------
     def read_ms_lr(self, k_rows: tuple[int, int], k_cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -419,13 +454,12 @@ class SceneReader:
         rr, cc = _reflect(rows, h), _reflect(cols, w)
         parts = [_read_gather(ds, list(range(1, ds.count + 1)), rr, cc) for ds in self._ms_ds]
         v = np.concatenate(parts, axis=0).astype(np.float32, copy=False)
-        valid = inside.copy()
+        bad = np.zeros(v.shape[1:], bool)
         if self.ms_nodata is not None:
-            valid &= ~np.any(v == np.float32(self.ms_nodata), axis=0)
-        if np.issubdtype(v.dtype, np.floating):
-            valid &= np.all(np.isfinite(v), axis=0)
-        v = np.where(valid[None], v, self.ms_fill[:, None, None]).astype(np.float32, copy=False)
-        return v, valid
+            bad |= np.any(v == np.float32(self.ms_nodata), axis=0)
+        bad |= ~np.all(np.isfinite(v), axis=0)
+        v = np.where(bad[None], self.ms_fill[:, None, None], v).astype(np.float32, copy=False)
+        return v, inside & ~bad
 
     # -- scene sample ----------------------------------------------------------------------
     def sample(self, max_pixels: int = 1 << 20) -> dict[str, np.ndarray]:
@@ -442,25 +476,50 @@ class SceneReader:
         pan = self._pan.read(1, window=pwin, out_shape=(h, w), boundless=True, fill_value=fill,
                              resampling=Resampling.nearest).astype(np.float32)
         pan_valid = np.ones_like(pan, dtype=bool) if self.pan_nodata is None else pan != np.float32(self.pan_nodata)
-        # the same canvas window on the MS grid
+        pr = a.row_off + (np.arange(h) + 0.5) * a.height / h
+        pc = a.col_off + (np.arange(w) + 0.5) * a.width / w
+        pan_valid &= ((pr >= 0) & (pr < a.pan.height))[:, None] & ((pc >= 0) & (pc < a.pan.width))[None, :]
+        # the MS on the decimated canvas grid
+        st = a.out_transform @ Affine.scale(a.width / w, a.height / h)
+        ms_parts, ms_valid = [], np.ones((h, w), bool)
+        if a.reprojected:  # the VRT handles the CRS change and the outside
+            for ds in self._ms:
+                with WarpedVRT(ds, crs=a.pan.crs, transform=st, width=w, height=h, resampling=Resampling.average,
+                               src_nodata=self.ms_nodata, nodata=self.ms_nodata) as vrt:
+                    ms_parts.append(vrt.read())
+                    ms_valid &= np.all(vrt.read_masks() > 0, axis=0)
+        else:
+            inv_ms = ~a.ms_transform
+            c0, r0 = _apply(inv_ms, *_apply(st, 0, 0))
+            c1, r1 = _apply(inv_ms, *_apply(st, w, h))
+            win = RioWindow(c0, r0, c1 - c0, r1 - r0)
+            for ds in self._ms:
+                ms_parts.append(ds.read(window=win, out_shape=(ds.count, h, w), boundless=True,
+                                        fill_value=self.ms_nodata if self.ms_nodata is not None else 0,
+                                        resampling=Resampling.average))
+            # sample pixel centres outside the MS raster are invalid
+            cc = c0 + (np.arange(w) + 0.5) * (c1 - c0) / w
+            rr = r0 + (np.arange(h) + 0.5) * (r1 - r0) / h
+            mh, mw = a.ms_shape
+            ms_valid &= ((rr >= 0) & (rr < mh))[:, None] & ((cc >= 0) & (cc < mw))[None, :]
+        ms = np.concatenate(ms_parts).astype(np.float32)
+        if self.ms_nodata is not None:
+            ms_valid &= ~np.any(ms == np.float32(self.ms_nodata), axis=0)
+        # the MS at (at most) its own resolution over the canvas, for statistics at MS scale
         inv = ~a.ms_transform
-        x0, y0 = a.out_transform * (0, 0)
-        x1, y1 = a.out_transform * (a.width, a.height)
-        mc0, mr0 = inv * (x0, y0)
-        mc1, mr1 = inv * (x1, y1)
-        mwin = RioWindow(min(mc0, mc1), min(mr0, mr1), abs(mc1 - mc0), abs(mr1 - mr0))
-        mfill = self.ms_nodata if self.ms_nodata is not None else 0
-        ms = np.concatenate([ds.read(window=mwin, out_shape=(ds.count, h, w), boundless=True, fill_value=mfill,
-                                     resampling=Resampling.bilinear) for ds in self._ms_ds]).astype(np.float32)
-        lh = max(1, min(h, round(mwin.height)))
-        lw = max(1, min(w, round(mwin.width)))
-        ms_lr = np.concatenate([ds.read(window=mwin, out_shape=(ds.count, lh, lw), boundless=True,
-                                        fill_value=mfill, resampling=Resampling.nearest)
+        x0, y0 = _apply(a.out_transform, 0, 0)
+        x1, y1 = _apply(a.out_transform, a.width, a.height)
+        mc0, mr0 = _apply(inv, x0, y0)
+        mc1, mr1 = _apply(inv, x1, y1)
+        mh, mw = a.ms_shape
+        c0, c1 = max(0, math.floor(min(mc0, mc1))), min(mw, math.ceil(max(mc0, mc1)))
+        r0, r1 = max(0, math.floor(min(mr0, mr1))), min(mh, math.ceil(max(mr0, mr1)))
+        lh, lw = max(1, min(h, r1 - r0)), max(1, min(w, c1 - c0))
+        mwin = RioWindow(c0, r0, max(1, c1 - c0), max(1, r1 - r0))
+        ms_lr = np.concatenate([ds.read(window=mwin, out_shape=(ds.count, lh, lw), resampling=Resampling.nearest)
                                 for ds in self._ms_ds]).astype(np.float32)
-        ms_valid = np.ones((h, w), bool)
         lr_valid = np.ones((lh, lw), bool)
         if self.ms_nodata is not None:
-            ms_valid = ~np.any(ms == np.float32(self.ms_nodata), axis=0)
             lr_valid = ~np.any(ms_lr == np.float32(self.ms_nodata), axis=0)
         ms_valid &= np.all(np.isfinite(ms), axis=0)
         lr_valid &= np.all(np.isfinite(ms_lr), axis=0)
@@ -567,8 +626,15 @@ class OutputWriter:
         profile = dict(driver="GTiff", width=self.width, height=self.height, count=self.count, dtype=self.dtype,
                        crs=self.crs, transform=self.transform, nodata=self.nodata, **self._gtiff_options())
         try:
-            self._ds = rasterio.open(self._tmp, "w", **profile)
+            with _gdal_quiet(), _GdalWarnings() as gw:
+                self._ds = rasterio.open(self._tmp, "w", **profile)
+            bad = gw.option_problems()
+            if bad:
+                raise ValueError(bad[0])
         except Exception as e:  # bad --co values end up here
+            if self._ds is not None:
+                self._ds.close()
+                self._ds = None
             self._cleanup()
             raise UsageError(f"GDAL refused the output settings: {str(e).splitlines()[0][:160]}", path=self.dest,
                              fix="check the --co options") from None
@@ -643,7 +709,11 @@ class OutputWriter:
                     opts["PREDICTOR"] = "YES"
                 opts.update(self.user_options)
                 try:
-                    rasterio.shutil.copy(self._tmp, final, driver="COG", **opts)
+                    with _gdal_quiet(), _GdalWarnings() as gw:
+                        rasterio.shutil.copy(self._tmp, final, driver="COG", **opts)
+                    bad = gw.option_problems()
+                    if bad:
+                        raise ValueError(bad[0])
                 except Exception as e:
                     raise UsageError(f"GDAL refused the COG settings: {str(e).splitlines()[0][:160]}",
                                      path=self.dest, fix="check the --co options") from None
@@ -651,14 +721,9 @@ class OutputWriter:
             if aux.exists():  # PAM sidecar (should not happen with GTiff); keep it with the file
                 os.replace(aux, str(self.dest) + ".aux.xml")
             os.replace(final, self.dest)
-        except BaseException:
-            self._cleanup()
-            raise
         finally:
-            if exc_type is not None:
-                self._cleanup()
-            else:
-                self._cleanup()
+            # the temporary files never outlive the writer, whatever happened
+            self._cleanup()
             with contextlib.suppress(Exception):
                 self._env.__exit__(None, None, None)
 

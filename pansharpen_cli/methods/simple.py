@@ -23,14 +23,29 @@ class Exp(Method):
 
 
 class Brovey(Method):
-    """Brovey transform: each band scaled by PAN / mean(MS bands)."""
+    """Brovey transform: each band scaled by PAN / I, I = mean of the MS bands.
+
+    As in the pansharpening toolbox, the PAN is first matched to I (mean and standard deviation,
+    estimated once over the whole scene), so the output keeps the MS radiometry.
+    """
 
     name = "brovey"
-    description = "Brovey transform: MS_b * PAN / mean(MS)"
+    description = "Brovey transform: MS_b * PAN' / mean(MS), PAN matched to the intensity scene-wide"
+    needs_scene_sample = True
+
+    def fit(self, scene: SceneInfo) -> None:
+        assert scene.pan_sample is not None and scene.ms_sample is not None
+        intensity = scene.ms_sample.mean(axis=0)
+        ok = np.isfinite(intensity) & np.isfinite(scene.pan_sample)
+        p, i = scene.pan_sample[ok].astype(np.float64), intensity[ok].astype(np.float64)
+        self.gain = float(i.std() / p.std()) if p.std() > 0 else 1.0
+        self.offset = float(i.mean() - self.gain * p.mean())
+        self.options.update(pan_gain=round(self.gain, 6), pan_offset=round(self.offset, 4))
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         intensity = tile.ms_up.mean(axis=0)
-        gain = tile.pan / np.maximum(intensity, _EPS)
+        pan = tile.pan * np.float32(self.gain) + np.float32(self.offset)
+        gain = pan / np.maximum(intensity, _EPS)
         return tile.ms_up * gain[None]
 
 
