@@ -346,6 +346,17 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on 
         typer.echo(f"{r['name']:<14} {r['description']}")
 
 
+def _register_command_modules() -> None:
+    # Each command group lives in its own CLI module (they import nothing heavy at module level).
+    from . import cli_eval, cli_models, cli_train
+
+    for mod in (cli_eval, cli_models, cli_train):
+        mod.register(app)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     """Console-script entry point: command-line mistakes also come out as one line, exit 2."""
     try:  # typer >= 0.20 vendors its own copy of click

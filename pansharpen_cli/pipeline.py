@@ -306,6 +306,16 @@ def _scene_info(plan: FusePlan, reader: SceneReader, notice: NoticeCallback | No
                      bit_depth=plan.bit_depth, pan_sample=s["pan"], ms_sample=ms, ms_lr_sample=s["ms_lr"])
 
 
+def crop_windows(height: int, width: int, *, whole_below: int = 1024, size: int = 256, grid: int = 4) -> list[Window]:
+    """Where the statistics crops go: the whole canvas if small, else a grid spread over the scene."""
+    if height <= whole_below and width <= whole_below:
+        return [Window(0, 0, height, width)]
+    h, w = min(size, height), min(size, width)
+    rows = sorted({round(i * (height - h) / max(grid - 1, 1)) for i in range(grid)})
+    cols = sorted({round(j * (width - w) / max(grid - 1, 1)) for j in range(grid)})
+    return [Window(r, c, h, w) for r in rows for c in cols]
+
+
 def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
          notice: NoticeCallback | None = None) -> dict[str, Any]:
     """Pansharpen ``req.pan`` + ``req.ms`` into ``req.out``. Returns a summary dict."""
@@ -323,10 +333,12 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
         if progress:
             progress(ProgressEvent("stats", 0, 1))
         scene = _scene_info(plan, reader, notice)
+        engine = _Engine(plan, reader)
+        if plan.method.needs_scene_sample:
+            scene.crops = [engine.inputs(w) for w in crop_windows(a.height, a.width)]
         plan.method.fit(scene)
         if progress:
             progress(ProgressEvent("stats", 1, 1))
-        engine = _Engine(plan, reader)
         asm = StripAssembler(tiles, plan.bands + 1)
         done = 0
         with OutputWriter(req.out, width=a.width, height=a.height, count=plan.bands, dtype=plan.out_dtype,
@@ -365,3 +377,37 @@ def info(pan: str | Path, ms: Sequence[str | Path], *, ratio: float | None = Non
     """How a PAN/MS pair lines up (``pansharpen info``)."""
     a = align(inspect_raster(pan, "PAN"), inspect_ms(ms), extent=extent, ratio=ratio)
     return a.summary()
+
+
+def fuse_arrays(pan: np.ndarray, ms_lr: np.ndarray, method: str | Method, *, ratio: int,
+                sensor: str | None = None, phase: str = "toolbox", tile: int = 512, overlap: int | None = None,
+                bit_depth: int | None = None, method_options: dict[str, Any] | None = None,
+                workdir: str | Path | None = None) -> np.ndarray:
+    """Fuse in-memory arrays through exactly the same engine as :func:`fuse` (float32 result).
+
+    ``pan`` (H, W) and ``ms_lr`` (B, H/ratio, W/ratio) in digital numbers. ``phase`` says where the MS
+    samples sit: ``"toolbox"`` - LR pixel k is centred on PAN pixel ``ratio*k + ratio//2`` (what the
+    toolbox's decimation produces, e.g. Wald-degraded pairs), or ``"corner"`` - corner-aligned grids
+    (as delivered by VHR products). Used by the evaluation protocols and tests.
+    """
+    import tempfile
+
+    from .raster import write_array
+
+    shift = 0.5 if phase == "toolbox" else 0.0
+    if phase not in ("toolbox", "corner"):
+        raise UsageError(f"unknown phase '{phase}'", fix="use toolbox or corner")
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="pansharpen-") as d:
+        dp = Path(d)
+        pt = (1.0, 0.0, 0.0, 0.0, -1.0, float(pan.shape[0]))
+        mt = (float(ratio), 0.0, shift, 0.0, -float(ratio), float(pan.shape[0]) - shift)
+        write_array(dp / "pan.tif", pan.astype(np.float32)[None], pt, bit_depth=bit_depth)
+        write_array(dp / "ms.tif", ms_lr.astype(np.float32), mt, bit_depth=bit_depth)
+        req = FuseRequest(pan=dp / "pan.tif", ms=[dp / "ms.tif"], out=dp / "out.tif", method=method,
+                          method_options=dict(method_options or {}), sensor=sensor, tile=tile, overlap=overlap,
+                          bit_depth=bit_depth, dtype="float32", extent="pan",
+                          creation_options={"COMPRESS": "NONE"})
+        fuse(req)
+        from .raster import read_full
+
+        return read_full(dp / "out.tif").astype(np.float32)

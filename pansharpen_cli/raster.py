@@ -750,6 +750,18 @@ def check_dtype(dtype: str) -> str:
     return dt.name
 
 
+def write_array(path: str | Path, arr: np.ndarray, transform, *, crs: str = "EPSG:32633",
+                bit_depth: int | None = None, nodata: float | None = None) -> None:
+    """Write a (B, H, W) array as a plain GeoTIFF (evaluation harness, tests, tools)."""
+    t = transform if isinstance(transform, Affine) else Affine(*transform)
+    with _gdal_quiet(), rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1],
+                                      count=arr.shape[0], dtype=arr.dtype, crs=crs, transform=t,
+                                      nodata=nodata) as ds:
+        ds.write(arr)
+        if bit_depth:
+            ds.update_tags(BIT_DEPTH=str(bit_depth))
+
+
 def read_full(path: str | Path, band: int | None = None) -> np.ndarray:
     """Read a whole (small) raster; for tests, eval and tools."""
     with rasterio.open(path) as ds:

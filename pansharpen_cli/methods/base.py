@@ -36,6 +36,11 @@ class SceneInfo:
     #: the MS at its own resolution, decimated view (B, h, w), NaN where invalid
     ms_lr_sample: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: full-resolution crops of the canvas computed through the engine (PAN, MS on the PAN grid,
+    #: validity), spread over the scene; the whole canvas when it is small (<= 1024 x 1024). Methods
+    #: estimate their scene-wide coefficients (regressions, gains, haze) from these, once per scene,
+    #: so every tile uses the same coefficients and tiled output equals whole-image output.
+    crops: list[TileInput] = field(default_factory=list)
 
 
 @dataclass
