@@ -226,6 +226,15 @@ class Alignment:
     def summary(self) -> dict[str, Any]:
         ox, oy = self.ms_offset_pan_px()
         rx, ry = self.cols.ratio, self.rows.ratio
+        # where the first MS pixel's centre falls on the PAN grid, relative to the nearest PAN pixel centre
+        cx, cy = ox + 0.5 * rx - 0.5, oy + 0.5 * ry - 0.5
+        dx, dy = cx - round(cx), cy - round(cy)
+        if abs(dx) < 1e-6 and abs(dy) < 1e-6:
+            relation = "MS pixel centres fall on PAN pixel centres"
+        elif abs(abs(dx) - 0.5) < 1e-6 and abs(abs(dy) - 0.5) < 1e-6:
+            relation = "MS pixel centres fall on PAN pixel corners (corner-aligned grids)"
+        else:
+            relation = f"MS pixel centres are offset ({dx:+.3f}, {dy:+.3f}) PAN px from PAN pixel centres"
         pan_area = self.pan.width * self.pan.height
         inter = _footprint(self, "intersection", strict=False)
         ov = 0.0 if inter is None else inter[2] * inter[3] / pan_area
@@ -235,7 +244,8 @@ class Alignment:
             "ratio": [round(rx, 6), round(ry, 6)],
             "integer_ratio": abs(rx - round(rx)) < 1e-6 and abs(ry - round(ry)) < 1e-6,
             "ms_origin_offset_pan_px": [round(ox, 4), round(oy, 4)],
-            "phase_pan_px": [round(ox % rx, 4), round(oy % ry, 4)],
+            "ms_centre_offset_pan_px": [round(dx, 4), round(dy, 4)],
+            "grid_relation": relation,
             "pan_fraction_covered_by_ms": round(ov, 6),
             "crs_match": not self.reprojected,
             "crs": _crs_text(self.pan.crs),
