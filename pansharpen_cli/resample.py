@@ -69,7 +69,9 @@ class AxisMap:
 def lr_range(amap: AxisMap, j0: int, j1: int, extent: int) -> tuple[int, int]:
     """LR index range [k0, k1) needed to produce outputs [j0, j1) exactly."""
     u = amap.positions(j0, j1)
-    halo = 8 if amap.dyadic_ratio(extent) else 3
+    # each dyadic step reaches 11 samples of its own grid: 11 * (1/2 + 1/4 + ...) < 11 LR pixels, plus
+    # the cubic gather on the fine lattice
+    halo = 12 if amap.dyadic_ratio(extent) else 3
     return math.floor(u.min()) - halo, math.ceil(u.max()) + halo + 1
 
 

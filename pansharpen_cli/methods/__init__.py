@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .base import Method, SceneInfo, TileInput
+from .classical import CLASSICAL
 from .simple import Brovey, Exp, Identity, WeightedBrovey
 
 METHODS: dict[str, type[Method]] = {}
@@ -14,7 +15,7 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (Exp, Brovey, WeightedBrovey):
+for _cls in (Exp, Brovey, WeightedBrovey, *CLASSICAL):
     register(_cls)
 
 #: methods that exist for testing only (not listed to users)
