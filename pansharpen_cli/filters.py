@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage, signal, sparse
+from scipy import ndimage, sparse  # scipy.signal (0.8 s to import) is imported where used
 
 #: Half of the symmetric 23-tap half-band interpolation kernel of the toolbox's ``interp23tap``
 #: (centre tap first, odd taps zero); the full kernel is ``HALFBAND_23TAP``.
@@ -155,6 +155,8 @@ def mtf_filter(img: np.ndarray, kernels: np.ndarray, mode: str = "nearest") -> n
     pads = ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
     padded = np.pad(a, pads, mode=_PAD_MODES[mode])
     # correlation = convolution with the flipped kernel
+    from scipy import signal
+
     out = signal.fftconvolve(padded, k[:, ::-1, ::-1], mode="valid", axes=(1, 2))
     return out[0] if was2d else out
 

@@ -250,12 +250,14 @@ def _to_output(block: np.ndarray, plan: FusePlan) -> np.ndarray:
         lo, hi = dtype_range(plan.out_dtype)
         if dt.kind == "u":
             hi = min(hi, float(2 ** plan.bit_depth - 1))
-        out = np.clip(np.rint(np.nan_to_num(data, nan=lo)), lo, hi)
+        out = np.fmax(data, np.float32(lo))  # fmax also maps NaN to lo
+        np.fmin(out, np.float32(hi), out=out)
+        np.rint(out, out=out)
         if nod is not None:
             # valid pixels never take the nodata value
             bump = 1.0 if nod < hi else -1.0
-            out = np.where(out == nod, nod + bump, out)
-            out = np.where(valid[None], out, nod)
+            out[out == np.float32(nod)] = np.float32(nod + bump)
+            out[:, ~valid] = np.float32(nod)
         return out.astype(dt)
     out = data.astype(dt)
     if nod is not None:

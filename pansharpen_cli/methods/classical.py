@@ -43,7 +43,7 @@ from scipy.optimize import lsq_linear
 from ..errors import RadiometryError, UsageError
 from ..filters import decimate, imresize_bicubic, mtf_kernels
 from ..sensors import GENERIC_MS_GNYQ
-from .base import Method, SceneInfo, TileInput
+from .base import Method, SceneInfo, TileInput, band_mix
 
 _EPS = float(np.finfo(np.float64).eps)  # MATLAB's eps, added to divisors as the toolbox does
 #: the Gaussian of ``LPfilterGauss.m`` (gain 0.3 at the MS Nyquist frequency), used for PAN matching
@@ -266,7 +266,7 @@ class PCA(_Classical):
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         pan, ms = self._inputs(tile)
-        pc1 = np.tensordot(self.v1, ms - self.mean[:, None, None], axes=1)
+        pc1 = band_mix(self.v1, ms - self.mean[:, None, None])
         pan_m = (pan - self.pan_mean) * self.pan_gain + self.pc1_mean
         return (ms + self.v1[:, None, None] * (pan_m - pc1)[None]).astype(np.float32)
 
@@ -344,7 +344,7 @@ class GSA(_Classical):
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         pan, ms = self._inputs(tile)
-        i0 = np.tensordot(self.w, ms - self.ms_mean[:, None, None], axes=1)
+        i0 = band_mix(self.w, ms - self.ms_mean[:, None, None])
         detail = pan - self.pan_mean - i0
         return (ms + self.g[:, None, None] * detail[None]).astype(np.float32)
 
@@ -383,7 +383,7 @@ class BTH(_Classical):
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         pan, ms = self._inputs(tile)
         h = self.haze[:, None, None]
-        i = np.tensordot(self.w, ms - h, axes=1)
+        i = band_mix(self.w, ms - h)
         pan_m = (pan - self.pan_mean) * self.pan_gain + self.i_mean
         return (np.maximum(ms - h, 0.0) * (pan_m / (i + _EPS))[None] + h).astype(np.float32)
 
@@ -434,7 +434,7 @@ class BDSDPC(_Classical):
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         pan, ms = self._inputs(tile)
-        detail = np.tensordot(self.gamma[1:].T, ms, axes=1) + self.gamma[0][:, None, None] * pan[None]
+        detail = band_mix(self.gamma[1:].T, ms) + self.gamma[0][:, None, None] * pan[None]
         return (ms + detail).astype(np.float32)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .base import Method, SceneInfo, TileInput
+from .base import Method, SceneInfo, TileInput, band_mix
 
 _EPS = 1e-6
 
@@ -76,7 +76,7 @@ class WeightedBrovey(Method):
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         assert self.weights is not None
-        pseudo = np.tensordot(self.weights, tile.ms_up, axes=1)
+        pseudo = band_mix(self.weights, tile.ms_up)
         gain = tile.pan / np.maximum(pseudo, _EPS)
         return tile.ms_up * gain[None]
 
