@@ -26,7 +26,15 @@ def get_method(name: str, **options) -> Method:
     key = name.strip().lower()
     cls = METHODS.get(key) or HIDDEN.get(key)
     if cls is None:
-        raise UsageError(f"unknown method '{name}'", fix="choose one of: " + ", ".join(sorted(METHODS)))
+        # not a classical method: a model of the zoo? (lazy imports: classical runs never load torch)
+        from .. import zoo
+
+        if zoo.has_model(key):
+            from .network import NetworkMethod
+
+            return NetworkMethod(key, **options)
+        raise UsageError(f"unknown method '{name}'", fix="choose one of: " + ", ".join(sorted(METHODS))
+                         + ", or a model from `pansharpen models list` (with --model)")
     return cls(**options)
 
 
