@@ -173,15 +173,17 @@ def _progress_ui(quiet: bool):
 @app.command()
 @handle_errors
 def fuse(
-    scene: Annotated[Path | None, typer.Argument(readable=False, help="A product: Landsat folder or MTL file, a PAN or MS file "
-                                                "whose partner is found by name, or a manifest (.toml/.json).",
-                                                show_default=False)] = None,
+    scene: Annotated[Path | None, typer.Argument(
+        readable=False, show_default=False,
+        help="A product: Landsat folder or MTL file, a PAN or MS file whose partner is found by name, "
+             "or a manifest (.toml/.json).")] = None,
     pan: Annotated[Path | None, typer.Option("--pan", readable=False, help="Single-band PAN GeoTIFF.")] = None,
-    ms: Annotated[list[Path] | None, typer.Option("--ms", readable=False, help="MS GeoTIFF, or single-band files in band order "
-                                                  "(repeat --ms or separate with commas).")] = None,
+    ms: Annotated[list[Path] | None, typer.Option(
+        "--ms", readable=False,
+        help="MS GeoTIFF, or single-band files in band order (repeat --ms or separate with commas).")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output GeoTIFF/COG.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Fusion method (see `pansharpen methods`).")] =
-    "wbrovey",
+    method: Annotated[str | None, typer.Option("--method", "-m", help="Fusion method (see `pansharpen methods`).",
+                                               show_default="wbrovey")] = None,
     sensor: Annotated[str | None, typer.Option("--sensor", "-s", help="Sensor preset (see `pansharpen sensors`).")]
     = None,
     tile: Annotated[int, typer.Option(help="Tile size in PAN pixels.")] = 512,
@@ -207,10 +209,19 @@ def fuse(
                                                 "(grids assumed corner-aligned).")] = None,
     weights: Annotated[str | None, typer.Option(help="wbrovey band weights, comma-separated.")] = None,
     bands: Annotated[str | None, typer.Option(help="Landsat bands for the MS, e.g. 2,3,4,5.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Deep network from the model zoo (see `pansharpen "
+                                              "models list`), instead of --method.")] = None,
+    device: Annotated[str | None, typer.Option(help="For --model: auto, cpu or cuda.", show_default="auto")]
+    = None,
+    precision: Annotated[str | None, typer.Option(help="For --model: fp32, bf16 (CPUs with bf16 support, GPUs) "
+                                                  "or fp16 (CUDA only).", show_default="fp32")] = None,
+    batch: Annotated[int | None, typer.Option(help="For --model: tiles per forward pass.", show_default="1")]
+    = None,
 ) -> None:
     """Pansharpen a PAN/MS pair (or a product) into a georeferenced GeoTIFF or COG."""
     from .errors import UsageError
-    from .pipeline import FuseRequest, fuse as run_fuse, plan_fuse
+    from .pipeline import FuseRequest, plan_fuse
+    from .pipeline import fuse as run_fuse
     from .raster import parse_creation_options
 
     pan_p, ms_p, product_sensor, band_names, source, product_nodata = _resolve_inputs(scene, pan, ms, example, bands)
@@ -223,20 +234,23 @@ def fuse(
         except ValueError:
             raise UsageError(f"--weights '{weights}' is not a list of numbers", fix="e.g. --weights 0.2,0.3,0.5") \
                 from None
-    req = FuseRequest(pan=pan_p, ms=ms_p, out=out, method=method, method_options=method_options,
+    notice = None if quiet else (lambda m: err.print(f"[yellow]note:[/] {_escape(m)}"))
+    fuse_method = _fuse_method(method, model, device, precision, batch, method_options, notice)
+    req = FuseRequest(pan=pan_p, ms=ms_p, out=out, method=fuse_method, method_options=method_options,
                       sensor=sensor or product_sensor, band_names=band_names, tile=tile, overlap=overlap,
                       extent=extent, bit_depth=bit_depth, nodata=nodata, dtype=dtype, fmt=of,
                       creation_options=parse_creation_options(co or []), overwrite=overwrite, ratio=ratio,
                       product_nodata=product_nodata, source=source)
     if dry_run:
         plan = plan_fuse(req)
+        if hasattr(plan.method, "check_scene"):  # a zoo network: do its bands and ratio fit the scene?
+            plan.method.check_scene(plan.bands, plan.alignment.cols.ratio)
         d = plan.to_dict()
         if as_json:
             typer.echo(json.dumps(d, indent=2, default=str))
         else:
             _print_plan(d)
         return
-    notice = None if quiet else (lambda m: err.print(f"[yellow]note:[/] {_escape(m)}"))
     cb, close = _progress_ui(quiet or not err.is_terminal and not os.environ.get("PANSHARPEN_PROGRESS"))
     try:
         summary = run_fuse(req, progress=cb, notice=notice)
@@ -249,6 +263,33 @@ def fuse(
         err.print(f"wrote [bold]{_escape(str(out))}[/] ({summary['grid']['width']}x{summary['grid']['height']}, "
                   f"{len(summary['bands'])} bands, {summary['dtype']}) in {summary['seconds']:.1f} s "
                   f"({summary['mpx_per_s']} Mpx/s)")
+
+
+def _fuse_method(method: str | None, model: str | None, device: str | None, precision: str | None,
+                 batch: int | None, method_options: dict[str, Any], notice: Callable[[str], None] | None) -> Any:
+    """The method for `fuse`: a classical name, or a zoo network built here (torch only for --model)."""
+    from . import zoo
+    from .errors import UsageError
+    from .methods import HIDDEN, METHODS
+
+    if model is not None and method is not None:
+        raise UsageError("--model and --method are mutually exclusive",
+                         fix="use --method for a classical method or --model for a deep network")
+    name = model if model is not None else (method or "wbrovey")
+    net_opts = {k: v for k, v in (("device", device), ("precision", precision), ("batch", batch)) if v is not None}
+    if model is None and (name.strip().lower() in {**METHODS, **HIDDEN} or not zoo.has_model(name)):
+        if net_opts:
+            verb = "applies" if len(net_opts) == 1 else "apply"
+            raise UsageError(", ".join(f"--{k}" for k in net_opts) + f" only {verb} to deep models, not to '{name}'",
+                             fix="pass --model NAME (see `pansharpen models list`)")
+        return name  # a classical method (an unknown name is reported by get_method)
+    if method_options:
+        raise UsageError("--weights sets wbrovey band weights; it does not apply to deep models",
+                         fix="drop --weights (the network's weights are chosen by --model)")
+    entry = zoo.get_model(name)  # unknown --model: one line listing the installed models
+    from .methods.network import NetworkMethod
+
+    return NetworkMethod(entry, notify=notice, **net_opts)
 
 
 def _print_plan(d: dict[str, Any]) -> None:
@@ -282,7 +323,8 @@ def _print_plan(d: dict[str, Any]) -> None:
 @app.command()
 @handle_errors
 def info(
-    scene: Annotated[Path | None, typer.Argument(readable=False, help="A product, as for `fuse`.", show_default=False)] = None,
+    scene: Annotated[Path | None, typer.Argument(readable=False, help="A product, as for `fuse`.",
+                                                 show_default=False)] = None,
     pan: Annotated[Path | None, typer.Option("--pan", readable=False, help="Single-band PAN GeoTIFF.")] = None,
     ms: Annotated[list[Path] | None, typer.Option("--ms", readable=False, help="MS GeoTIFF(s).")] = None,
     example: Annotated[str | None, typer.Option("--example", help="A bundled example scene.")] = None,

@@ -177,7 +177,8 @@ def plan_fuse(req: FuseRequest) -> FusePlan:
         bits, src = np.dtype(out_dtype).itemsize * 8, "data type"
     if req.bit_depth is not None and not 1 <= req.bit_depth <= 32:
         raise UsageError(f"--bit-depth {req.bit_depth} is out of range", fix="use 1-32, e.g. 11 for WorldView")
-    pan_nodata = pan.nodata if pan.nodata is not None else (req.nodata if req.nodata is not None else req.product_nodata)
+    fallback_nodata = req.nodata if req.nodata is not None else req.product_nodata
+    pan_nodata = pan.nodata if pan.nodata is not None else fallback_nodata
     ms_nodata = ms.first.nodata if ms.first.nodata is not None else (
         req.nodata if req.nodata is not None else req.product_nodata)
     out_nodata = req.nodata if req.nodata is not None else (ms_nodata if ms_nodata is not None else pan_nodata)
@@ -225,20 +226,34 @@ class _Engine:
         ms_valid = lr_valid[np.ix_(nr, nc)]
         return TileInput(pan=pan, ms_up=ms_up, valid=pan_valid & ms_valid)
 
-    def tile(self, w_core: Window, context: int) -> np.ndarray:
-        """(B + 1, h, w) float32: fused bands and the validity mask (1.0 valid) of the core window."""
+    def tiles(self, cores: list[Window], context: int) -> list[np.ndarray]:
+        """(B + 1, h, w) float32 per core window: fused bands and the validity mask (1.0 valid).
+
+        Methods that can (networks: ``fuse_tiles``) get the tiles with data in one batch.
+        """
         method = self.plan.method
-        t = self.inputs(w_core.expand(context))
         c = context
-        core_valid = t.valid[c:c + w_core.height, c:c + w_core.width]
-        out = np.empty((self.plan.bands + 1, w_core.height, w_core.width), dtype=np.float32)
-        out[-1] = core_valid
-        if not core_valid.any():
-            out[:-1] = 0.0
-            return out
-        fused = method.fuse_tile(t)
-        out[:-1] = fused[:, c:c + w_core.height, c:c + w_core.width]
-        return out
+        outs, todo, inputs = [], [], []
+        for w_core in cores:
+            t = self.inputs(w_core.expand(context))
+            core_valid = t.valid[c:c + w_core.height, c:c + w_core.width]
+            out = np.empty((self.plan.bands + 1, w_core.height, w_core.width), dtype=np.float32)
+            out[-1] = core_valid
+            outs.append(out)
+            if core_valid.any():
+                todo.append(len(outs) - 1)
+                inputs.append(t)
+            else:
+                out[:-1] = 0.0  # all nodata: skipped
+        batch = getattr(method, "fuse_tiles", None)
+        fused = batch(inputs) if batch is not None and len(inputs) > 1 else [method.fuse_tile(t) for t in inputs]
+        for k, f in zip(todo, fused, strict=True):
+            w_core = cores[k]
+            outs[k][:-1] = f[:, c:c + w_core.height, c:c + w_core.width]
+        return outs
+
+    def tile(self, w_core: Window, context: int) -> np.ndarray:
+        return self.tiles([w_core], context)[0]
 
 
 def _to_output(block: np.ndarray, plan: FusePlan) -> np.ndarray:
@@ -331,6 +346,8 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
     a = plan.alignment
     tiles = plan.tiles
     skipped = 0
+    if notice is not None and getattr(plan.method, "notify", False) is None:
+        plan.method.notify = notice  # methods that report while they run (networks)
     with SceneReader(a, pan_nodata=plan.pan_nodata, ms_nodata=plan.ms_nodata) as reader:
         if progress:
             progress(ProgressEvent("stats", 0, 1))
@@ -348,16 +365,18 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
                           creation_options=req.creation_options, overwrite=req.overwrite, tags=_tags(plan),
                           band_descriptions=plan.band_names,
                           band_colors=[b.common for b in plan.sensor.bands]) as writer:
+            group = max(1, int(getattr(plan.method, "batch", 1)))
             for i in range(len(tiles.row_starts)):
+                row = list(tiles.row_tiles(i))
                 outs = []
-                for t in tiles.row_tiles(i):
-                    out = engine.tile(t.core, t.context)
-                    if not out[-1].any():
-                        skipped += 1
-                    outs.append(out)
-                    done += 1
-                    if progress:
-                        progress(ProgressEvent("tiles", done, tiles.n_tiles, t.core.height * t.core.width))
+                for g in range(0, len(row), group):
+                    part = row[g:g + group]
+                    outs += engine.tiles([t.core for t in part], tiles.context)
+                    for t, out in zip(part, outs[-len(part):], strict=True):
+                        skipped += 0 if out[-1].any() else 1
+                        done += 1
+                        if progress:
+                            progress(ProgressEvent("tiles", done, tiles.n_tiles, t.core.height * t.core.width))
                 row0, block = asm.add_row(i, outs)
                 if block.shape[1]:
                     writer.write_rows(row0, _to_output(block, plan))

@@ -784,7 +784,8 @@ def check_dtype(dtype: str) -> str:
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise UsageError(f"unknown data type '{dtype}'", fix="use uint8, uint16, int16, uint32, int32, float32 or float64") from None
+        raise UsageError(f"unknown data type '{dtype}'",
+                         fix="use uint8, uint16, int16, uint32, int32, float32 or float64") from None
     if dt.kind not in "uif" or dt.itemsize > 8 or dt == np.int8:
         raise UsageError(f"unsupported output data type '{dtype}'",
                          fix="use uint8, uint16, int16, uint32, int32, float32 or float64")

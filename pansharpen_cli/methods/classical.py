@@ -38,7 +38,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
-from scipy.optimize import lsq_linear
 
 from ..errors import RadiometryError, UsageError
 from ..filters import decimate, imresize_bicubic, mtf_kernels
@@ -402,6 +401,8 @@ class BDSDPC(_Classical):
     description = "BDSD with physical constraints (Vivone 2019): MS_b + g_b PAN + sum_k c_bk MS_k, fitted at RR"
 
     def fit(self, scene: SceneInfo) -> None:
+        from scipy.optimize import lsq_linear  # imported here: 0.2 s at start-up otherwise
+
         crops = self._fit_crops(scene)
         r = _int_ratio(scene.ratio)
         nb = self.n_bands
