@@ -316,3 +316,29 @@ def test_wbrovey_is_gdals_weighted_brovey(tmp_path: Path) -> None:
     o = read(out).astype(float)
     # the defining property: the weighted sum of the output bands is the PAN
     assert np.allclose(np.tensordot(w, o, axes=1), read(pan_p)[0], rtol=1e-4)
+
+
+def test_gdal_block_cache_is_megabytes_not_bytes() -> None:
+    # rasterio reads an integer GDAL_CACHEMAX as bytes: 128 once meant no cache and 100x slower reads
+    from pansharpen_cli.raster import GDAL_ENV
+
+    assert GDAL_ENV["GDAL_CACHEMAX"] >= 2**20
+
+
+def test_batched_network_style_method_equals_one_tile_at_a_time(tmp_path: Path) -> None:
+    from pansharpen_cli.methods.simple import Brovey
+
+    class Batched(Brovey):
+        batch = 4
+        calls: list[int] = []
+
+        def fuse_tiles(self, tiles):
+            self.calls.append(len(tiles))
+            return [self.fuse_tile(t) for t in tiles]
+
+    pan_p, ms_p = real_pair(tmp_path, size=128, ratio=4)
+    m = Batched()
+    fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "a.tif", method=m, tile=32))
+    fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "b.tif", method="brovey", tile=32))
+    assert max(m.calls) == 4
+    assert np.array_equal(read(tmp_path / "a.tif"), read(tmp_path / "b.tif"))
