@@ -7,8 +7,10 @@ errors of :mod:`pansharpen_cli.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -204,15 +206,36 @@ def plan_fuse(req: FuseRequest) -> FusePlan:
 
 
 class _Engine:
-    """Computes one tile: reads PAN and MS around it, resamples, runs the method, crops context."""
+    """Computes tiles: reads PAN and MS around them, resamples, runs the method, crops context.
 
-    def __init__(self, plan: FusePlan, reader: SceneReader):
+    Reading goes through one set of dataset handles, in the calling thread (GDAL handles are not
+    thread-safe); resampling and classical methods (numpy/scipy, which release the GIL) run on a
+    small thread pool so both cores work while GDAL compresses in the writer thread.
+    """
+
+    def __init__(self, plan: FusePlan, reader: SceneReader, threads: int | None = None):
         self.plan = plan
         self.reader = reader
         a = plan.alignment
         self.extent = (a.ms_shape[0], a.ms_shape[1])
+        self.threads = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
+        self._pool = None
 
-    def inputs(self, w: Window) -> TileInput:
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _map(self, fn, items: list) -> list:
+        if self.threads == 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pansharpen-tile")
+        return list(self._pool.map(fn, items))
+
+    def _read(self, w: Window):
         a = self.plan.alignment
         pan, pan_valid = self.reader.read_pan(w)
         rows = (w.row, w.row_stop)
@@ -220,22 +243,32 @@ class _Engine:
         kr = lr_range(a.rows, *rows, a.height)
         kc = lr_range(a.cols, *cols, a.width)
         lr, lr_valid = self.reader.read_ms_lr(kr, kc)
+        return pan, pan_valid, lr, lr_valid, kr, kc, rows, cols
+
+    def _compute(self, raw) -> TileInput:
+        a = self.plan.alignment
+        pan, pan_valid, lr, lr_valid, kr, kc, rows, cols = raw
         ms_up = resample_block(lr, a.rows, a.cols, kr[0], kc[0], rows, cols, (a.height, a.width))
         nr = nearest_lr_index(a.rows, *rows) - kr[0]
         nc = nearest_lr_index(a.cols, *cols) - kc[0]
         ms_valid = lr_valid[np.ix_(nr, nc)]
         return TileInput(pan=pan, ms_up=ms_up, valid=pan_valid & ms_valid)
 
+    def inputs(self, w: Window) -> TileInput:
+        return self._compute(self._read(w))
+
     def tiles(self, cores: list[Window], context: int) -> list[np.ndarray]:
         """(B + 1, h, w) float32 per core window: fused bands and the validity mask (1.0 valid).
 
-        Methods that can (networks: ``fuse_tiles``) get the tiles with data in one batch.
+        Methods that can (networks: ``fuse_tiles``) get the tiles with data in one batch; other
+        methods are run tile by tile on the thread pool.
         """
         method = self.plan.method
         c = context
+        raws = [self._read(w.expand(context)) for w in cores]
+        tins = self._map(self._compute, raws)
         outs, todo, inputs = [], [], []
-        for w_core in cores:
-            t = self.inputs(w_core.expand(context))
+        for w_core, t in zip(cores, tins, strict=True):
             core_valid = t.valid[c:c + w_core.height, c:c + w_core.width]
             out = np.empty((self.plan.bands + 1, w_core.height, w_core.width), dtype=np.float32)
             out[-1] = core_valid
@@ -246,7 +279,10 @@ class _Engine:
             else:
                 out[:-1] = 0.0  # all nodata: skipped
         batch = getattr(method, "fuse_tiles", None)
-        fused = batch(inputs) if batch is not None and len(inputs) > 1 else [method.fuse_tile(t) for t in inputs]
+        if batch is not None:
+            fused = batch(inputs) if len(inputs) > 1 else [method.fuse_tile(t) for t in inputs]
+        else:
+            fused = self._map(method.fuse_tile, inputs)
         for k, f in zip(todo, fused, strict=True):
             w_core = cores[k]
             outs[k][:-1] = f[:, c:c + w_core.height, c:c + w_core.width]
@@ -348,11 +384,11 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
     skipped = 0
     if notice is not None and getattr(plan.method, "notify", False) is None:
         plan.method.notify = notice  # methods that report while they run (networks)
-    with SceneReader(a, pan_nodata=plan.pan_nodata, ms_nodata=plan.ms_nodata) as reader:
+    with SceneReader(a, pan_nodata=plan.pan_nodata, ms_nodata=plan.ms_nodata) as reader, \
+            contextlib.closing(_Engine(plan, reader)) as engine:
         if progress:
             progress(ProgressEvent("stats", 0, 1))
         scene = _scene_info(plan, reader, notice)
-        engine = _Engine(plan, reader)
         if plan.method.needs_scene_sample:
             scene.crops = [engine.inputs(w) for w in crop_windows(a.height, a.width)]
         plan.method.fit(scene)
@@ -365,7 +401,8 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
                           creation_options=req.creation_options, overwrite=req.overwrite, tags=_tags(plan),
                           band_descriptions=plan.band_names,
                           band_colors=[b.common for b in plan.sensor.bands]) as writer:
-            group = max(1, int(getattr(plan.method, "batch", 1)))
+            # networks: their --batch; classical methods: a few tiles at a time for the thread pool
+            group = int(getattr(plan.method, "batch", 0)) or 2 * engine.threads
             for i in range(len(tiles.row_starts)):
                 row = list(tiles.row_tiles(i))
                 outs = []
