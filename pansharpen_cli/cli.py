@@ -390,9 +390,9 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on 
 
 def _register_command_modules() -> None:
     # Each command group lives in its own CLI module (they import nothing heavy at module level).
-    from . import cli_eval, cli_models, cli_train
+    from . import cli_batch, cli_eval, cli_models, cli_train
 
-    for mod in (cli_eval, cli_models, cli_train):
+    for mod in (cli_batch, cli_eval, cli_models, cli_train):
         mod.register(app)
 
 

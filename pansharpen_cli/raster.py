@@ -43,7 +43,12 @@ from .tiling import Window
 # and keeps peak memory bounded whatever the scene size. rasterio takes an integer here as BYTES
 # (a value of 128 once meant no cache at all and decimated reads 100x slower).
 GDAL_CACHEMAX_BYTES = 64 * 2**20
-GDAL_ENV = {"GDAL_CACHEMAX": GDAL_CACHEMAX_BYTES, "GDAL_NUM_THREADS": "ALL_CPUS", "CHECK_DISK_FREE_SPACE": "NO"}
+GDAL_ENV = {
+    "GDAL_CACHEMAX": GDAL_CACHEMAX_BYTES,
+    # batch workers cap this through the environment so parallel scenes do not oversubscribe the cores
+    "GDAL_NUM_THREADS": os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS"),
+    "CHECK_DISK_FREE_SPACE": "NO",
+}
 
 
 @dataclass(frozen=True)
