@@ -88,6 +88,20 @@ def test_untrained_tailor_leaves_the_output_unchanged_exactly(scene):
     assert adapted.n_bands == net.n_bands and adapted.input_convention == net.input_convention
 
 
+@pytest.mark.parametrize("arch", ["pnn", "pannet", "dicnn", "msdcnn", "drpnn", "bwnet_fusionnet", "premix"])
+def test_the_tailor_point_is_exact_for_every_architecture(arch):
+    from pansharpen_cli.models import ARCHITECTURES
+
+    torch.manual_seed(0)
+    net = build(arch, 4).eval()
+    conv = ARCHITECTURES[arch].input_convention
+    pan, lms, ms = torch.rand(1, 1, 32, 32), torch.rand(1, 4, 32, 32), torch.rand(1, 4, 8, 8)
+    lms_in, ms_in = (None if conv == "lr" else lms), (None if conv == "lms" else ms)
+    adapted = A.AdaptedModel(net, A.Tailor(net.feat_channels))
+    with torch.no_grad():
+        assert torch.equal(adapted(pan, lms_in, ms_in), net(pan, lms_in, ms_in))
+
+
 def test_tailor_is_small():
     t = A.Tailor(32, 16)
     assert sum(p.numel() for p in t.parameters()) < 2000
@@ -181,6 +195,14 @@ def test_sample_patches_skips_nodata_and_is_deterministic(scene):
     assert p3 and all(p["origin"][1] >= 80 for p in p3)
 
 
+def test_candidate_origins_and_patch_count():
+    o = A.candidate_origins(300, 200, 64, 8)
+    assert o[0] == (0, 0) and all(y % 4 == 0 and x % 4 == 0 for y, x in o)
+    assert all(y + 80 <= 300 and x + 80 <= 200 for y, x in o) and len(o) == 4 * 2
+    assert A.patch_count(361) == 18 and A.patch_count(16) == 8 and A.patch_count(5) == 5
+    assert A.patch_count(10_000) == 64
+
+
 # -- adaptation ----------------------------------------------------------------------------------
 
 
@@ -200,6 +222,19 @@ def test_training_lowers_the_loss_and_only_the_tailor_changes(scene):
     for k in ("R_Q2n", "D_lambda_K", "D_s", "D_rho", "J"):
         assert k in rep["criterion"]["before"] and k in rep["criterion"]["after"]
     assert rep["n_holdout"] >= 1 and rep["seconds"]["total"] > 0 and "reason" in rep
+
+
+def test_adaptation_with_corner_aligned_grids(scene):
+    """Corner phase: LR MS = MTF + sampling at r k + (r-1)/2, lms = bicubic (corner-aligned) upsampling."""
+    hr = scene["hr"].astype(np.float64)
+    ms_lr = A.reproject_np(hr, GNYQ, R, "corner").astype(np.float32)
+    lms = torch.nn.functional.interpolate(_t(ms_lr), scale_factor=R, mode="bicubic", align_corners=False)[0].numpy()
+    patches = A.sample_patches_from_arrays(scene["pan"], ms_lr, lms, R, patch=32, fraction=0.5, phase="corner")
+    with pytest.raises(ValueError, match="corner"):
+        A.sample_patches_from_arrays(scene["pan"], ms_lr, None, R, phase="corner")
+    res = A.adapt(_toy_net(), patches, "QB", R, steps=20, lr=5e-3, phase="corner")
+    losses = [row["spectral"] for row in res.report["losses"]]
+    assert losses[-1] < 0.8 * losses[0] and res.report["phase"] == "corner"
 
 
 def test_same_seed_same_output(scene):
