@@ -54,6 +54,7 @@ patches, calls :func:`adapt` once per scene and runs the returned model through 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -291,19 +292,41 @@ def _half_pixel(k: np.ndarray) -> np.ndarray:
     return out
 
 
-def reproject_np(x: np.ndarray, gnyq: Sequence[float], ratio: int, phase: str = "toolbox") -> np.ndarray:
-    """numpy reprojection ``(B, H, W) -> (B, H/r, W/r)``: sensor MTF (replicate borders) then sampling at
-    the MS pixel centres: PAN pixel ``r k + r//2`` (``"toolbox"``, = :func:`metrics.reproject`) or
-    ``r k + (r-1)/2`` (``"corner"``-aligned grids, the mean of the 2x2 pixels around it)."""
-    flt = mtf_filter(x, mtf_kernels(list(gnyq), ratio))
+def _sample_centres(flt: np.ndarray, ratio: int, phase: str) -> np.ndarray:
+    """The MS pixel centres of a filtered PAN-grid image: PAN pixel ``r k + r//2`` (``"toolbox"``) or
+    ``r k + (r-1)/2`` (``"corner"``: the mean of the 2x2 pixels around it)."""
     if phase == "toolbox":
         return np.ascontiguousarray(decimate(flt, ratio))
     if phase != "corner":
         raise ValueError(f"phase must be one of {PHASES} (got {phase!r})")
     a = ratio // 2 - 1
-    h, w = x.shape[-2] // ratio, x.shape[-1] // ratio
+    h, w = flt.shape[-2] // ratio, flt.shape[-1] // ratio
     acc = sum(flt[..., a + dy::ratio, a + dx::ratio][..., :h, :w] for dy in (0, 1) for dx in (0, 1))
     return np.ascontiguousarray(0.25 * acc)
+
+
+def reproject_np(x: np.ndarray, gnyq: Sequence[float], ratio: int, phase: str = "toolbox") -> np.ndarray:
+    """numpy reprojection ``(B, H, W) -> (B, H/r, W/r)``: sensor MTF (replicate borders) then sampling at
+    the MS pixel centres: PAN pixel ``r k + r//2`` (``"toolbox"``, = :func:`metrics.reproject`) or
+    ``r k + (r-1)/2`` (``"corner"``-aligned grids, the mean of the 2x2 pixels around it)."""
+    return _sample_centres(mtf_filter(x, mtf_kernels(list(gnyq), ratio)), ratio, phase)
+
+
+@functools.lru_cache(maxsize=16)
+def _mtf_weight(gnyq: tuple[float, ...], ratio: int) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mtf_kernels(list(gnyq), ratio)[:, None])).float()
+
+
+def _mtf_filter_fast(x: np.ndarray, gnyq: Sequence[float], ratio: int) -> np.ndarray:
+    """:func:`~pansharpen_cli.filters.mtf_filter` with the sensor kernels and replicate borders, as a torch
+    convolution in float32 (agrees to ~1e-6 relative; faster on small patches and needs no
+    ``scipy.signal``, whose first import costs ~0.7 s)."""
+    w = _mtf_weight(tuple(float(g) for g in gnyq), int(ratio))
+    p = w.shape[-1] // 2
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
+    with torch.no_grad():
+        y = F.conv2d(F.pad(t, (p, p, p, p), mode="replicate"), w, groups=t.shape[1])
+    return y[0].double().numpy()
 
 
 class MTFDegrade(nn.Module):
@@ -746,7 +769,7 @@ def _core(x: Tensor, m: int) -> Tensor:
 def _spatial_target(lms: np.ndarray, pan: np.ndarray, pan_gnyq: float, ratio: int) -> np.ndarray:
     """Per-pixel target correlation: local correlation (``4 ratio`` windows) of each interpolated MS
     band with the PAN low-passed by its MTF. ``(B, H, W)`` float32."""
-    pan_lp = mtf_filter(pan, mtf_kernels([pan_gnyq], ratio)[0])
+    pan_lp = _mtf_filter_fast(np.asarray(pan)[None], [pan_gnyq], ratio)[0]
     x = torch.from_numpy(np.asarray(lms, dtype=np.float32))[None]
     y = torch.from_numpy(pan_lp.astype(np.float32))[None, None]
     return local_correlation(x, y, 4 * ratio)[0].clamp(-1.0, 1.0).numpy()
@@ -850,12 +873,11 @@ def patch_criterion(out: np.ndarray, item: Mapping[str, Any], gnyq: Sequence[flo
     cs = (slice(None), slice(m, h - m), slice(m, w - m))
     mr = m // r
     cms = (slice(None), slice(mr, ms_lr.shape[1] - mr), slice(mr, ms_lr.shape[2] - mr))
-    flt = mtf_filter(f, mtf_kernels(list(gnyq), r))
-    rep = decimate(flt, r)[cms] if phase == "toolbox" else reproject_np(f, gnyq, r, phase)[cms]
+    flt = _mtf_filter_fast(f, gnyq, r)
+    rep = _sample_centres(flt, r, phase)[cms]
     ms_c = ms_lr[cms]
     bms = min(ms_c.shape[1:])
-    r_q2n = q2n(ms_c, rep[:, :bms, :bms], bms, bms) if ms_c.shape[1] == ms_c.shape[2] else \
-        q2n(ms_c, rep, bms, bms)
+    r_q2n = q2n(ms_c, rep, bms, bms)
     fc, lc, pc = f[cs], lms[cs], pan[cs[1:]]
     bs = min(32, fc.shape[1], fc.shape[2])
     dlk = 1.0 - q2n(lc, flt[cs], bs, bs)
@@ -904,8 +926,9 @@ def state_sha256(model: nn.Module) -> str:
 def save_adapter(model: AdaptedModel, path: str | Path) -> Path:
     """Write ``model.adapter_state_dict()`` to a safetensors file, with ``model.meta`` as metadata.
 
-    Metadata values are strings (JSON for non-strings); ``format`` is :data:`ADAPTER_FORMAT` and
-    ``mode``, ``base_state_sha256``, ``n_bands``, ``feat_channels`` are always present.
+    Metadata values are strings; non-string values are JSON-encoded and listed in ``json_keys``.
+    ``format`` is :data:`ADAPTER_FORMAT`; ``mode``, ``base_state_sha256``, ``n_bands`` and
+    ``feat_channels`` are always present.
     """
     from safetensors.torch import save_file
 
@@ -916,6 +939,7 @@ def save_adapter(model: AdaptedModel, path: str | Path) -> Path:
         meta["hidden"] = model.tailor.hidden
     meta.setdefault("base_state_sha256", "")
     md = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
+    md["json_keys"] = json.dumps(sorted(k for k, v in meta.items() if not isinstance(v, str)))
     tensors = model.adapter_state_dict()
     if not tensors:  # safetensors refuses empty files: an adapter that changes nothing
         tensors = {"empty": torch.zeros(0)}
@@ -938,12 +962,8 @@ def load_adapter(base: PansharpenNet, path: str | Path, *, check_base: bool = Tr
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     if md.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{p}: not a pansharpen adapter (format {md.get('format')!r})")
-    meta: dict[str, Any] = {}
-    for k, v in md.items():
-        try:
-            meta[k] = json.loads(v)
-        except (ValueError, TypeError):
-            meta[k] = v
+    json_keys = set(json.loads(md.pop("json_keys", "[]")))
+    meta: dict[str, Any] = {k: json.loads(v) if k in json_keys else v for k, v in md.items()}
     want = str(md.get("base_state_sha256", ""))
     if check_base and want and want != state_sha256(base):
         raise ValueError(f"{p}: the adapter was made for another base network "
@@ -953,7 +973,7 @@ def load_adapter(base: PansharpenNet, path: str | Path, *, check_base: bool = Tr
         meta.pop(k, None)
     tensors.pop("empty", None)
     if mode == "tailor":
-        hidden = int(json.loads(md["hidden"]))
+        hidden = int(md["hidden"])
         tailor = Tailor(base.feat_channels, hidden)
         tailor.load_state_dict({k[len("tailor."):]: v for k, v in tensors.items()}, strict=True)
         tailor = tailor.to(next((p_.device for p_ in base.parameters()), torch.device("cpu")))
@@ -1001,6 +1021,40 @@ class AdaptResult:
     used_adapted: bool
     report: dict[str, Any] = field(default_factory=dict)
     candidate: AdaptedModel | None = None
+
+
+class _Adam:
+    """Plain Adam (PyTorch's defaults: betas 0.9/0.999, eps 1e-8, no weight decay).
+
+    Used instead of ``torch.optim.Adam``, whose first construction imports ``torch._dynamo`` (~1.2 s
+    on this project's machine, more than the whole adaptation). A zero gradient leaves its
+    parameter exactly unchanged (``swift`` relies on that, and also restores masked entries).
+    """
+
+    def __init__(self, params: Sequence[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params = list(params)
+        self.lr, self.b1, self.b2, self.eps = float(lr), betas[0], betas[1], float(eps)
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        c1 = 1.0 - self.b1 ** self.t
+        c2 = 1.0 - self.b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad
+            m.mul_(self.b1).add_(g, alpha=1.0 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
 
 
 def _tune_malloc() -> None:
@@ -1166,11 +1220,11 @@ def adapt(model: PansharpenNet, patches: Sequence[Mapping[str, Any]], sensor: Se
         t3 = time.perf_counter()
         best = (holdout_loss(), 0, snapshot())
         report["holdout_losses"].append({"step": 0, "loss": best[0]})
-        opt = torch.optim.Adam(trainable, lr=rate) if trainable and n_steps > 0 else None
+        opt = _Adam(trainable, lr=rate) if trainable and n_steps > 0 else None
         n_train = sum(b.n for b in tr_b)
         for step in range(1, n_steps + 1 if opt is not None else 1):
             assert opt is not None
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             agg: dict[str, float] = {}
             for b in tr_b:
                 loss, parts = adaptation_losses(run(b), b, degrade, w, r)
