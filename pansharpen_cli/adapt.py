@@ -1058,12 +1058,10 @@ class _Adam:
 
 
 def _tune_malloc() -> None:
-    """Let glibc reuse freed activation buffers (see ``methods.network.tune_malloc``: 2-4x faster
+    """Let glibc reuse freed activation buffers (see ``runtime.tune_malloc``: 2-4x faster
     small convolutions on the CPU here). Process-wide, once; a no-op where unavailable."""
-    try:
-        from .methods.network import tune_malloc
-    except ImportError:  # pragma: no cover - the network method is optional for this module
-        return
+    from .runtime import tune_malloc
+
     tune_malloc()
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,17 @@ class _Engine:
         self.reader = reader
         a = plan.alignment
         self.extent = (a.ms_shape[0], a.ms_shape[1])
+        # the SceneWindows protocol (methods read windows of the scene while they are fitted)
+        self.height, self.width = a.height, a.width
+        r = round(a.cols.ratio)
+        self.ratio = r if abs(a.cols.ratio - r) < 1e-9 and abs(a.rows.ratio - r) < 1e-9 else 0
+        self.phase = "other"
+        if self.ratio:
+            q = [m.offset * r for m in (a.rows, a.cols)]
+            if all(abs(x - round(x)) < 1e-6 for x in q):
+                self.phase = "toolbox"
+            elif all(abs(x - math.floor(x) - 0.5) < 1e-6 for x in q):
+                self.phase = "corner"
         self.threads = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
         self._pool = None
 
@@ -256,6 +267,29 @@ class _Engine:
 
     def inputs(self, w: Window) -> TileInput:
         return self._compute(self._read(w))
+
+    def _lr_index(self, w: Window) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """LR index ranges covered exactly by ``w`` (each MS pixel by ``ratio`` x ``ratio`` pixels)."""
+        if not self.ratio:
+            return None
+        a, r = self.plan.alignment, self.ratio
+        out = []
+        for amap, j0, j1 in ((a.rows, w.row, w.row_stop), (a.cols, w.col, w.col_stop)):
+            k = nearest_lr_index(amap, j0, j1)
+            if len(k) % r or not np.array_equal(k, np.repeat(np.arange(k[0], k[0] + len(k) // r), r)):
+                return None
+            out.append((int(k[0]), int(k[-1]) + 1))
+        return out[0], out[1]
+
+    def lr_aligned(self, w: Window) -> bool:
+        return self._lr_index(w) is not None
+
+    def ms_lr(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The MS at its own resolution under canvas window ``w``: (B, h/r, w/r) float32 and validity."""
+        idx = self._lr_index(w)
+        if idx is None:
+            raise ValueError(f"window {w} does not cover whole MS pixels (ratio {self.ratio or 'not integer'})")
+        return self.reader.read_ms_lr(*idx)
 
     def tiles(self, cores: list[Window], context: int) -> list[np.ndarray]:
         """(B + 1, h, w) float32 per core window: fused bands and the validity mask (1.0 valid).
@@ -369,6 +403,26 @@ def crop_windows(height: int, width: int, *, whole_below: int = 1024, size: int 
     return [Window(r, c, h, w) for r in rows for c in cols]
 
 
+@contextlib.contextmanager
+def open_scene(plan: FusePlan, *, notice: NoticeCallback | None = None,
+               fit: bool = True) -> Iterator[tuple[SceneInfo, _Engine]]:
+    """Open a planned scene for reading: its :class:`SceneInfo` (with ``windows`` set to the engine)
+    and the engine, with the method fitted (``fit=True``) on it. Used by :func:`fuse` and by
+    commands that learn from scenes without writing them (``pansharpen adapt``)."""
+    a = plan.alignment
+    if notice is not None and getattr(plan.method, "notify", False) is None:
+        plan.method.notify = notice  # methods that report while they run (networks)
+    with SceneReader(a, pan_nodata=plan.pan_nodata, ms_nodata=plan.ms_nodata) as reader, \
+            contextlib.closing(_Engine(plan, reader)) as engine:
+        scene = _scene_info(plan, reader, notice)
+        scene.windows = engine
+        if plan.method.needs_scene_sample:
+            scene.crops = [engine.inputs(w) for w in crop_windows(a.height, a.width)]
+        if fit:
+            plan.method.fit(scene)
+        yield scene, engine
+
+
 def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
          notice: NoticeCallback | None = None) -> dict[str, Any]:
     """Pansharpen ``req.pan`` + ``req.ms`` into ``req.out``. Returns a summary dict."""
@@ -382,16 +436,9 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
     a = plan.alignment
     tiles = plan.tiles
     skipped = 0
-    if notice is not None and getattr(plan.method, "notify", False) is None:
-        plan.method.notify = notice  # methods that report while they run (networks)
-    with SceneReader(a, pan_nodata=plan.pan_nodata, ms_nodata=plan.ms_nodata) as reader, \
-            contextlib.closing(_Engine(plan, reader)) as engine:
-        if progress:
-            progress(ProgressEvent("stats", 0, 1))
-        scene = _scene_info(plan, reader, notice)
-        if plan.method.needs_scene_sample:
-            scene.crops = [engine.inputs(w) for w in crop_windows(a.height, a.width)]
-        plan.method.fit(scene)
+    if progress:
+        progress(ProgressEvent("stats", 0, 1))
+    with open_scene(plan, notice=notice) as (_scene, engine):
         if progress:
             progress(ProgressEvent("stats", 1, 1))
         asm = StripAssembler(tiles, plan.bands + 1)

@@ -12,10 +12,19 @@ Everything is computed from a block of LR pixels around the requested output ran
 scene-level border rule (reflection at the MS raster edge) applied by the reader, so the value
 of any output pixel does not depend on the tile it is computed in: tiled output is identical to
 untiled output.
+
+Speed: when the output grid repeats every ``r`` pixels (``scale`` exactly ``1/r``, the case of
+every real product), the whole chain -- dyadic stages and the cubic phase shift -- is one linear,
+``r``-periodic operator. Its ``r`` phase kernels are derived once per axis map by pushing unit
+impulses through the reference chain in float64, and each phase is then a single
+``scipy.ndimage.correlate1d`` over the LR block, interleaved into the output ("polyphase"). No
+zero-inserted arrays, no gathers; about 4x less work than the reference chain. Other maps (non-
+integer ratios, drifting scales) use the reference chain directly.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -28,13 +37,13 @@ _HB = HALFBAND_23TAP.astype(np.float32)
 _LATTICE_TOL = 1e-6
 
 
-def _keys_weights(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+def _keys_weights(t: np.ndarray, a: float = -0.5, dtype: type = np.float32) -> np.ndarray:
     """Keys cubic weights for fractional offsets ``t`` in [0, 1): shape (n, 4) for taps -1..2."""
     t = t[:, None] + np.array([1.0, 0.0, -1.0, -2.0])
     x = np.abs(t)
     w = np.where(x <= 1, (a + 2) * x**3 - (a + 3) * x**2 + 1,
                  np.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, 0.0))
-    return w.astype(np.float32)
+    return w.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -77,17 +86,18 @@ def lr_range(amap: AxisMap, j0: int, j1: int, extent: int) -> tuple[int, int]:
 
 def _upsample_dyadic(x: np.ndarray, axis: int, r: int) -> np.ndarray:
     """23-tap dyadic interpolation by ``r`` along ``axis``; LR k -> fine r*k + r/2."""
+    hb = _HB if x.dtype == np.float32 else HALFBAND_23TAP.astype(x.dtype)
     first = True
     y = x
     while r > 1:
         n = y.shape[axis]
         shape = list(y.shape)
         shape[axis] = 2 * n
-        z = np.zeros(shape, dtype=np.float32)
+        z = np.zeros(shape, dtype=x.dtype)
         idx = [slice(None)] * y.ndim
         idx[axis] = slice(1, None, 2) if first else slice(0, None, 2)
         z[tuple(idx)] = y
-        y = correlate1d(z, _HB, axis=axis, mode="nearest")
+        y = correlate1d(z, hb, axis=axis, mode="nearest")
         first = False
         r //= 2
     return y
@@ -96,7 +106,7 @@ def _upsample_dyadic(x: np.ndarray, axis: int, r: int) -> np.ndarray:
 def _gather_cubic(y: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
     """Keys cubic interpolation of ``y`` along ``axis`` at fractional sample positions ``pos``."""
     base = np.floor(pos).astype(np.int64)
-    w = _keys_weights(pos - base)
+    w = _keys_weights(pos - base, dtype=y.dtype)
     n = y.shape[axis]
     out = None
     for t in range(4):
@@ -106,12 +116,12 @@ def _gather_cubic(y: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
         ws[axis] = len(pos)
         term = term * w[:, t].reshape(ws)
         out = term if out is None else out + term
-    return out.astype(np.float32, copy=False)
+    return out.astype(y.dtype, copy=False)
 
 
-def resample_axis(block: np.ndarray, axis: int, amap: AxisMap, k0: int, j0: int, j1: int,
+def _reference_axis(block: np.ndarray, axis: int, amap: AxisMap, k0: int, j0: int, j1: int,
                   extent: int) -> np.ndarray:
-    """Resample ``block`` (LR samples k0, k0+1, ... along ``axis``) to output pixels [j0, j1)."""
+    """The reference chain (dyadic stages, then a lattice pick or a cubic gather)."""
     u = amap.positions(j0, j1)
     r = amap.dyadic_ratio(extent)
     if r is None:
@@ -122,6 +132,81 @@ def resample_axis(block: np.ndarray, axis: int, amap: AxisMap, k0: int, j0: int,
         idx = np.rint(q).astype(np.int64)
         return np.take(fine, idx, axis=axis)
     return _gather_cubic(fine, axis, q)
+
+
+_PERIOD_TOL = 1e-12
+_KERNEL_EPS = 1e-10  # weights below this (relative to 1) are exact zeros of the chain up to rounding
+
+
+def _period(amap: AxisMap) -> int | None:
+    """``r`` when output pixel ``j + r`` sits exactly one LR pixel after ``j`` (``scale == 1/r``)."""
+    r = round(amap.ratio)
+    if r < 1 or abs(amap.scale * r - 1.0) > _PERIOD_TOL:
+        return None
+    return r
+
+
+@functools.lru_cache(maxsize=128)
+def _phase_kernels(amap: AxisMap, extent: int) -> tuple[tuple[np.ndarray, int], ...] | None:
+    """Per output phase ``p``: (kernel, shift) with ``out[p + r*m] = sum_t K[t] * x[m + shift + t]``.
+
+    Derived from the float64 reference chain applied to unit impulses around a representative
+    output pixel of each phase; ``None`` when the map is not periodic.
+    """
+    r = _period(amap)
+    if r is None:
+        return None
+    m0 = 64  # representative: far from 0, the operator is shift-invariant
+    kernels = []
+    for p in range(r):
+        j = p + r * m0
+        k0, k1 = lr_range(amap, j, j + 1, extent)
+        n = k1 - k0
+        eye = np.eye(n, dtype=np.float64)[None]  # (1, n LR samples along axis 1, n impulses)
+        w = _reference_axis(eye, 1, amap, k0, j, j + 1, extent)[0, 0]  # weight of each LR sample
+        nz = np.flatnonzero(np.abs(w) > _KERNEL_EPS)
+        first, last = int(nz[0]), int(nz[-1])
+        kern = w[first:last + 1]
+        if len(kern) % 2 == 0:  # odd length: correlate1d's centre is then unambiguous
+            kern = np.append(kern, 0.0)
+        kernels.append((kern.astype(np.float32), k0 + first - m0))
+    return tuple(kernels)
+
+
+def _polyphase_axis(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarray, int], ...],
+                    k0: int, j0: int, j1: int) -> np.ndarray:
+    r = len(kernels)
+    n = block.shape[axis]
+    shape = list(block.shape)
+    shape[axis] = j1 - j0
+    out = np.empty(shape, dtype=np.float32)
+    for p, (kern, shift) in enumerate(kernels):
+        jp = j0 + (p - j0) % r  # first output of this phase
+        if jp >= j1:
+            continue
+        count = len(range(jp, j1, r))
+        start = (jp - p) // r + shift - k0  # block index of the first tap of the first output
+        if start < 0 or start + count - 1 + len(kern) > n:
+            raise ValueError("LR block too small for the requested output range (halo bug)")
+        half = len(kern) // 2
+        lo, hi = start, start + count + len(kern) - 1  # only the samples these outputs touch
+        src = [slice(None)] * block.ndim
+        src[axis] = slice(lo, hi)
+        y = correlate1d(block[tuple(src)], kern, axis=axis, mode="nearest")
+        src[axis] = slice(half, half + count)
+        dst = [slice(None)] * block.ndim
+        dst[axis] = slice(jp - j0, None, r)
+        out[tuple(dst)] = y[tuple(src)]
+    return out
+
+
+def resample_axis(block: np.ndarray, axis: int, amap: AxisMap, k0: int, j0: int, j1: int,
+                  extent: int) -> np.ndarray:
+    """Resample ``block`` (LR samples k0, k0+1, ... along ``axis``) to output pixels [j0, j1)."""
+    kernels = _phase_kernels(amap, extent)
+    if kernels is None:
+        return _reference_axis(block, axis, amap, k0, j0, j1, extent)
+    return _polyphase_axis(block, axis, kernels, k0, j0, j1)
 
 
 def resample_block(block: np.ndarray, rows: AxisMap, cols: AxisMap, k_row0: int, k_col0: int,

@@ -184,14 +184,16 @@ def test_bf16_runs_close_to_fp32(home: Path, tmp_path: Path):
 
 
 def test_tune_malloc_is_guarded(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(netmod, "_MALLOC_TUNED", None)
-    monkeypatch.setattr(netmod.sys, "platform", "darwin")
-    assert netmod.tune_malloc() is False
-    assert netmod.tune_malloc() is False  # once per process
-    monkeypatch.setattr(netmod, "_MALLOC_TUNED", None)
-    monkeypatch.setattr(netmod.sys, "platform", "linux")
+    from pansharpen_cli import runtime
+
+    monkeypatch.setattr(runtime, "_MALLOC_TUNED", None)
+    monkeypatch.setattr(runtime.sys, "platform", "darwin")
+    assert runtime.tune_malloc() is False
+    assert runtime.tune_malloc() is False  # once per process
+    monkeypatch.setattr(runtime, "_MALLOC_TUNED", None)
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
     monkeypatch.setenv("PANSHARPEN_NO_MALLOPT", "1")
-    assert netmod.tune_malloc() is False
+    assert runtime.tune_malloc() is False
 
 
 # -- method lookup and the CLI -----------------------------------------------------------------------

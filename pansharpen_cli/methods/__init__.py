@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UsageError
-from .base import Method, SceneInfo, TileInput
+from .base import Method, SceneInfo, SceneWindows, TileInput
 from .classical import CLASSICAL
 from .simple import Brovey, Exp, Identity, WeightedBrovey
 
@@ -38,4 +38,4 @@ def get_method(name: str, **options) -> Method:
     return cls(**options)
 
 
-__all__ = ["METHODS", "Method", "SceneInfo", "TileInput", "get_method", "register"]
+__all__ = ["METHODS", "Method", "SceneInfo", "SceneWindows", "TileInput", "get_method", "register"]

@@ -14,11 +14,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from ..sensors import Sensor
+
+if TYPE_CHECKING:
+    from ..tiling import Window
+
+
+class SceneWindows(Protocol):
+    """Read access to any window of the scene while a method is fitted (the pipeline's engine).
+
+    ``inputs(w)`` gives exactly what a tile over ``w`` gets (PAN, interpolated MS, validity), so
+    anything estimated on these windows (regressions, test-time adaptation) sees the inference
+    inputs. ``ms_lr(w)`` gives the MS at its own resolution under ``w``: (B, h/r, w/r) values and
+    validity; ``w`` must start and end on MS pixel boundaries (:meth:`lr_aligned`), integer ratios
+    only. ``phase`` says where MS pixel centres fall on the PAN grid: ``"corner"`` (corner-aligned
+    grids, VHR and Landsat products), ``"toolbox"`` (MS pixel ``k`` centred on PAN pixel
+    ``r*k + r//2``, Wald-degraded pairs) or ``"other"``.
+    """
+
+    height: int
+    width: int
+    ratio: int
+    phase: str
+
+    def inputs(self, w: Window) -> TileInput: ...
+
+    def ms_lr(self, w: Window) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def lr_aligned(self, w: Window) -> bool: ...
 
 
 @dataclass
@@ -41,6 +68,8 @@ class SceneInfo:
     #: estimate their scene-wide coefficients (regressions, gains, haze) from these, once per scene,
     #: so every tile uses the same coefficients and tiled output equals whole-image output.
     crops: list[TileInput] = field(default_factory=list)
+    #: reads any window of the scene during :meth:`Method.fit` (``None`` outside the pipeline)
+    windows: SceneWindows | None = None
 
 
 @dataclass

@@ -39,10 +39,6 @@ Default precision: fp32 on every device, chosen by measurement on this project's
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,63 +46,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import zoo
+from .. import runtime, zoo
 from ..errors import UsageError
 from .base import Method, SceneInfo, TileInput
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_PRECISION = "fp32"
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_MALLOC_TUNED: bool | None = None
-
-
-def tune_malloc() -> bool:
-    """Make glibc keep large freed blocks for reuse instead of unmapping them (once per process).
-
-    Why: by default glibc serves every allocation above ``M_MMAP_THRESHOLD`` (128 KiB, adapting
-    up to 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` on free, and trims the heap
-    top above ``M_TRIM_THRESHOLD``. A convolution network allocates and frees activations of tens
-    of MiB at every layer, so each layer's output lands on new pages that the kernel must fault in
-    and zero. Raising both thresholds to 1 GiB (``mallopt`` via ctypes) lets the heap reuse those
-    pages: measured on this project's 2-core machine, a FusionNet forward on a 532x532 tile went
-    from 0.54 s to 0.18 s (contiguous) and from 0.31 s to 0.13 s (channels-last), 2.4-3x; the minor
-    page faults of a process running 7 forwards from 1.04 M to 0.16 M; ``pansharpen fuse --model``
-    on the 1280x1280 WV2 scene from 11.0 s to 5.6 s. Setting only the mmap threshold (not the trim
-    threshold) gave half the gain. Outputs are bit-identical. The cost: freed memory stays in the
-    process (RSS does not shrink after its peak) until it exits.
-
-    Only on Linux with glibc; elsewhere (macOS, Windows, musl) this is a no-op that returns False.
-    Skipped, too, when the user tuned malloc (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``
-    or ``GLIBC_TUNABLES`` set: theirs win) or set ``PANSHARPEN_NO_MALLOPT=1``. Returns whether the
-    thresholds are set.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED is not None:
-        return _MALLOC_TUNED
-    _MALLOC_TUNED = False
-    if not sys.platform.startswith("linux") or os.environ.get("PANSHARPEN_NO_MALLOPT"):
-        return False
-    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only (musl has neither)
-    except (OSError, AttributeError):
-        return False
-    del gnu_get_libc_version
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    # older glibc refuse mmap thresholds above HEAP_MAX_SIZE/2 (32 MiB on 64-bit): fall back to that
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
-    if ok:
-        mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    _MALLOC_TUNED = bool(ok)
-    return _MALLOC_TUNED
 
 
 def cpu_supports_bf16() -> bool:
@@ -267,7 +213,7 @@ class NetworkMethod(Method):
         if b != self.entry.bands:
             zoo.check_fit(self.entry, b, self.ratio)
         if self.device.type == "cpu":
-            tune_malloc()
+            runtime.tune_malloc()
         x = np.empty((len(tiles), b + 1, h, w), dtype=np.float32)
         inv = np.float32(1.0 / self.scale)
         for i, t in enumerate(tiles):
@@ -298,4 +244,4 @@ class NetworkMethod(Method):
 
 
 __all__ = ["DEFAULT_PRECISION", "DEVICES", "PRECISIONS", "NetworkMethod", "cpu_supports_bf16", "resolve_device",
-           "resolve_precision", "tune_malloc"]
+           "resolve_precision"]
