@@ -444,7 +444,7 @@ def _limit_threads(threads: int) -> None:
         os.environ[var] = str(threads)
     from . import raster
 
-    # raster.GDAL_ENV says ALL_CPUS and is applied with rasterio.Env (which beats the environment)
+    # raster.GDAL_ENV says all CPUs and is applied with rasterio.Env (which beats the environment)
     raster.GDAL_ENV["GDAL_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:
         torch = sys.modules["torch"]

@@ -208,6 +208,9 @@ def fuse(
     ratio: Annotated[float | None, typer.Option(help="PAN/MS resolution ratio, for inputs without georeferencing "
                                                 "(grids assumed corner-aligned).")] = None,
     weights: Annotated[str | None, typer.Option(help="wbrovey band weights, comma-separated.")] = None,
+    resampling: Annotated[str | None, typer.Option(help="MS interpolation: 23tap (the toolbox's) or cubic "
+                                                   "(GDAL's). Default: the method's (wbrovey: cubic, others: "
+                                                   "23tap).")] = None,
     bands: Annotated[str | None, typer.Option(help="Landsat bands for the MS, e.g. 2,3,4,5.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Deep network from the model zoo (see `pansharpen "
                                               "models list`), instead of --method.")] = None,
@@ -240,7 +243,7 @@ def fuse(
                       sensor=sensor or product_sensor, band_names=band_names, tile=tile, overlap=overlap,
                       extent=extent, bit_depth=bit_depth, nodata=nodata, dtype=dtype, fmt=of,
                       creation_options=parse_creation_options(co or []), overwrite=overwrite, ratio=ratio,
-                      product_nodata=product_nodata, source=source)
+                      product_nodata=product_nodata, source=source, resampling=resampling)
     if dry_run:
         plan = plan_fuse(req)
         if hasattr(plan.method, "check_scene"):  # a zoo network: do its bands and ratio fit the scene?

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,10 +44,24 @@ from .tiling import Window
 # and keeps peak memory bounded whatever the scene size. rasterio takes an integer here as BYTES
 # (a value of 128 once meant no cache at all and decimated reads 100x slower).
 GDAL_CACHEMAX_BYTES = 64 * 2**20
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity/cpuset aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+#: GDAL's thread count for decoding and compression. An explicit number rather than ``ALL_CPUS``:
+#: on the 2-core benchmark machine ``NUM_THREADS=ALL_CPUS`` was consistently slower than ``2`` for
+#: DEFLATE output, for ``gdal_pansharpen`` (7.1-7.9 s vs 6.7 s at 8192²) and for us (6.6-6.9 vs
+#: 6.0-6.1 s, 1.3 CPU-s more), though GDAL resolves both to 2 threads here.
+GDAL_THREADS = str(available_cpus())
+
 GDAL_ENV = {
     "GDAL_CACHEMAX": GDAL_CACHEMAX_BYTES,
     # batch workers cap this through the environment so parallel scenes do not oversubscribe the cores
-    "GDAL_NUM_THREADS": os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS"),
+    "GDAL_NUM_THREADS": os.environ.get("GDAL_NUM_THREADS", GDAL_THREADS),
     "CHECK_DISK_FREE_SPACE": "NO",
 }
 
@@ -402,8 +417,12 @@ def _read_gather(ds, bands: list[int] | int, rows: np.ndarray, cols: np.ndarray)
     r0, r1 = int(rows.min()), int(rows.max()) + 1
     c0, c1 = int(cols.min()), int(cols.max()) + 1
     data = ds.read(bands, window=RioWindow(c0, r0, c1 - c0, r1 - r0))
-    data = np.take(data, rows - r0, axis=-2)
-    return np.take(data, cols - c0, axis=-1)
+    # inside the raster (the usual case) the indices are a plain range: no gather copies
+    if not (len(rows) == r1 - r0 and rows[0] == r0 and np.all(np.diff(rows) == 1)):
+        data = np.take(data, rows - r0, axis=-2)
+    if not (len(cols) == c1 - c0 and cols[0] == c0 and np.all(np.diff(cols) == 1)):
+        data = np.take(data, cols - c0, axis=-1)
+    return data
 
 
 class SceneReader:
@@ -452,13 +471,24 @@ class SceneReader:
         cols = np.arange(w.col, w.col_stop) + a.col_off
         inside = ((rows >= 0) & (rows < a.pan.height))[:, None] & ((cols >= 0) & (cols < a.pan.width))[None, :]
         rr, cc = _reflect(rows, a.pan.height), _reflect(cols, a.pan.width)
-        v = _read_gather(self._pan, 1, rr, cc).astype(np.float32, copy=False)
-        bad = np.zeros(v.shape, bool)
+        raw = _read_gather(self._pan, 1, rr, cc)
+        v = raw.astype(np.float32)
+        bad = None
         if self.pan_nodata is not None:
-            bad |= v == np.float32(self.pan_nodata)
-        bad |= ~np.isfinite(v)
+            nod = float(self.pan_nodata)
+            if raw.dtype.kind in "ui":  # compare in the integer type (cheaper); out of range: never equal
+                info = np.iinfo(raw.dtype)
+                if nod.is_integer() and info.min <= nod <= info.max:
+                    bad = raw == raw.dtype.type(int(nod))
+            else:
+                bad = v == np.float32(nod)
+        if raw.dtype.kind == "f":
+            nonfinite = ~np.isfinite(v)
+            bad = nonfinite if bad is None else bad | nonfinite
+        if bad is None or not bad.any():
+            return v, inside
         # outside the raster: invalid, but the reflected values stay as context for the method
-        v = np.where(bad, np.float32(self.pan_fill), v).astype(np.float32, copy=False)
+        v[bad] = np.float32(self.pan_fill)
         return v, inside & ~bad
 
     # -- MS -------------------------------------------------------------------------------
@@ -522,7 +552,18 @@ class SceneReader:
         ms = np.concatenate(ms_parts).astype(np.float32)
         if self.ms_nodata is not None:
             ms_valid &= ~np.any(ms == np.float32(self.ms_nodata), axis=0)
-        # the MS at (at most) its own resolution over the canvas, for statistics at MS scale
+        ms_lr = self.sample_ms_lr(h, w)
+        ms_valid &= np.all(np.isfinite(ms), axis=0)
+        pan_valid &= np.isfinite(pan)
+        pan = np.where(pan_valid, pan, np.nan)
+        valid = pan_valid & ms_valid
+        ms = np.where(valid[None], ms, np.nan)
+        return {"pan": np.where(valid, pan, np.nan), "ms": ms, "ms_lr": ms_lr, "step": np.array(step),
+                "pan_any": pan}
+
+    def sample_ms_lr(self, h: int = 1024, w: int = 1024) -> np.ndarray:
+        """The MS at (at most) its own resolution over the canvas, at most (h, w): (B, h', w'), NaN invalid."""
+        a = self.a
         inv = ~a.ms_transform
         x0, y0 = _apply(a.out_transform, 0, 0)
         x1, y1 = _apply(a.out_transform, a.width, a.height)
@@ -538,15 +579,8 @@ class SceneReader:
         lr_valid = np.ones((lh, lw), bool)
         if self.ms_nodata is not None:
             lr_valid = ~np.any(ms_lr == np.float32(self.ms_nodata), axis=0)
-        ms_valid &= np.all(np.isfinite(ms), axis=0)
         lr_valid &= np.all(np.isfinite(ms_lr), axis=0)
-        pan_valid &= np.isfinite(pan)
-        pan = np.where(pan_valid, pan, np.nan)
-        valid = pan_valid & ms_valid
-        ms = np.where(valid[None], ms, np.nan)
-        ms_lr = np.where(lr_valid[None], ms_lr, np.nan)
-        return {"pan": np.where(valid, pan, np.nan), "ms": ms, "ms_lr": ms_lr, "step": np.array(step),
-                "pan_any": pan}
+        return np.where(lr_valid[None], ms_lr, np.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,9 +588,9 @@ class SceneReader:
 # --------------------------------------------------------------------------------------------
 
 DEFAULT_GTIFF_OPTIONS = {"TILED": "YES", "BLOCKXSIZE": "512", "BLOCKYSIZE": "512", "COMPRESS": "DEFLATE",
-                         "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
+                         "BIGTIFF": "IF_SAFER", "NUM_THREADS": GDAL_THREADS}
 DEFAULT_COG_OPTIONS = {"BLOCKSIZE": "512", "COMPRESS": "DEFLATE", "PREDICTOR": "YES", "BIGTIFF": "IF_SAFER",
-                       "NUM_THREADS": "ALL_CPUS", "OVERVIEWS": "AUTO", "OVERVIEW_RESAMPLING": "AVERAGE"}
+                       "NUM_THREADS": GDAL_THREADS, "OVERVIEWS": "AUTO", "OVERVIEW_RESAMPLING": "AVERAGE"}
 
 _COLOR = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
 
@@ -615,6 +649,8 @@ class OutputWriter:
         self._pool = None
         self._pending: list = []  # (future, buffer) of block rows being compressed in the background
         self._spare: list[np.ndarray] = []
+        #: seconds the writer thread spent in GDAL (compression and I/O)
+        self.busy_s = 0.0
         self._buf: np.ndarray | None = None
         self._buf_row0 = 0
         self._buf_n = 0
@@ -626,6 +662,7 @@ class OutputWriter:
 
     def _gtiff_options(self) -> dict[str, str]:
         opts = dict(DEFAULT_GTIFF_OPTIONS)
+        opts["NUM_THREADS"] = GDAL_ENV["GDAL_NUM_THREADS"]  # batch workers lower it
         opts["PREDICTOR"] = "3" if np.dtype(self.dtype).kind == "f" else "2"
         if self.fmt == "GTiff":
             opts.update(self.user_options)
@@ -688,13 +725,19 @@ class OutputWriter:
             return
         assert self._ds is not None and self._buf is not None and self._pool is not None
         buf, n, row0 = self._buf, self._buf_n, self._buf_row0
-        fut = self._pool.submit(self._ds.write, buf[:, :n], window=RioWindow(0, row0, self.width, n))
+        fut = self._pool.submit(self._write, buf[:, :n], RioWindow(0, row0, self.width, n))
         self._pending.append((fut, buf))
         while len(self._pending) > 2:
             self._retire()
         self._buf = self._spare.pop() if self._spare else np.empty_like(buf)
         self._buf_row0 += n
         self._buf_n = 0
+
+    def _write(self, data: np.ndarray, window: RioWindow) -> None:
+        t = time.perf_counter()
+        assert self._ds is not None
+        self._ds.write(data, window=window)
+        self.busy_s += time.perf_counter() - t
 
     def _retire(self) -> None:
         fut, buf = self._pending.pop(0)
@@ -751,6 +794,7 @@ class OutputWriter:
             if self.fmt == "COG":
                 final = self._tmp_name("cog")
                 opts = dict(DEFAULT_COG_OPTIONS)
+                opts["NUM_THREADS"] = GDAL_ENV["GDAL_NUM_THREADS"]
                 if np.dtype(self.dtype).kind == "f":
                     opts["PREDICTOR"] = "YES"
                 opts.update(self.user_options)

@@ -119,11 +119,15 @@ def _gather_cubic(y: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
     return out.astype(y.dtype, copy=False)
 
 
+RESAMPLING = ("23tap", "cubic")
+
+
 def _reference_axis(block: np.ndarray, axis: int, amap: AxisMap, k0: int, j0: int, j1: int,
-                  extent: int) -> np.ndarray:
-    """The reference chain (dyadic stages, then a lattice pick or a cubic gather)."""
+                    extent: int, kind: str = "23tap") -> np.ndarray:
+    """The reference chain (dyadic stages, then a lattice pick or a cubic gather); ``kind="cubic"``:
+    Keys' cubic directly on the LR samples (GDAL's ``cubic`` resampling)."""
     u = amap.positions(j0, j1)
-    r = amap.dyadic_ratio(extent)
+    r = amap.dyadic_ratio(extent) if kind == "23tap" else None
     if r is None:
         return _gather_cubic(block, axis, u - k0)
     fine = _upsample_dyadic(block, axis, r)
@@ -147,7 +151,7 @@ def _period(amap: AxisMap) -> int | None:
 
 
 @functools.lru_cache(maxsize=128)
-def _phase_kernels(amap: AxisMap, extent: int) -> tuple[tuple[np.ndarray, int], ...] | None:
+def _phase_kernels(amap: AxisMap, extent: int, kind: str = "23tap") -> tuple[tuple[np.ndarray, int], ...] | None:
     """Per output phase ``p``: (kernel, shift) with ``out[p + r*m] = sum_t K[t] * x[m + shift + t]``.
 
     Derived from the float64 reference chain applied to unit impulses around a representative
@@ -163,7 +167,7 @@ def _phase_kernels(amap: AxisMap, extent: int) -> tuple[tuple[np.ndarray, int], 
         k0, k1 = lr_range(amap, j, j + 1, extent)
         n = k1 - k0
         eye = np.eye(n, dtype=np.float64)[None]  # (1, n LR samples along axis 1, n impulses)
-        w = _reference_axis(eye, 1, amap, k0, j, j + 1, extent)[0, 0]  # weight of each LR sample
+        w = _reference_axis(eye, 1, amap, k0, j, j + 1, extent, kind)[0, 0]  # weight of each LR sample
         nz = np.flatnonzero(np.abs(w) > _KERNEL_EPS)
         first, last = int(nz[0]), int(nz[-1])
         kern = w[first:last + 1]
@@ -201,21 +205,26 @@ def _polyphase_axis(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarra
 
 
 def resample_axis(block: np.ndarray, axis: int, amap: AxisMap, k0: int, j0: int, j1: int,
-                  extent: int) -> np.ndarray:
+                  extent: int, kind: str = "23tap") -> np.ndarray:
     """Resample ``block`` (LR samples k0, k0+1, ... along ``axis``) to output pixels [j0, j1)."""
-    kernels = _phase_kernels(amap, extent)
+    kernels = _phase_kernels(amap, extent, kind)
     if kernels is None:
-        return _reference_axis(block, axis, amap, k0, j0, j1, extent)
+        return _reference_axis(block, axis, amap, k0, j0, j1, extent, kind)
     return _polyphase_axis(block, axis, kernels, k0, j0, j1)
 
 
 def resample_block(block: np.ndarray, rows: AxisMap, cols: AxisMap, k_row0: int, k_col0: int,
                    out_rows: tuple[int, int], out_cols: tuple[int, int],
-                   extent: tuple[int, int]) -> np.ndarray:
-    """(B, h, w) LR block starting at LR (k_row0, k_col0) -> (B, H, W) on output rows/cols."""
+                   extent: tuple[int, int], kind: str = "23tap") -> np.ndarray:
+    """(B, h, w) LR block starting at LR (k_row0, k_col0) -> (B, H, W) on output rows/cols.
+
+    ``kind``: ``"23tap"`` (the toolbox's interpolator, default) or ``"cubic"`` (Keys, a = -0.5:
+    what GDAL's ``gdal_pansharpen`` uses by default)."""
+    if kind not in RESAMPLING:
+        raise ValueError(f"unknown resampling {kind!r}")
     block = np.ascontiguousarray(block, dtype=np.float32)
-    tmp = resample_axis(block, 1, rows, k_row0, out_rows[0], out_rows[1], extent[0])
-    return resample_axis(tmp, 2, cols, k_col0, out_cols[0], out_cols[1], extent[1])
+    tmp = resample_axis(block, 1, rows, k_row0, out_rows[0], out_rows[1], extent[0], kind)
+    return resample_axis(tmp, 2, cols, k_col0, out_cols[0], out_cols[1], extent[1], kind)
 
 
 def nearest_lr_index(amap: AxisMap, j0: int, j1: int) -> np.ndarray:

@@ -107,6 +107,9 @@ class Method:
     description: ClassVar[str] = ""
     #: pixels of context each side that the method needs for exact output (PAN pixels)
     receptive_field: int = 0
+    #: how the engine interpolates the MS onto the PAN grid for this method (``ms_up``):
+    #: ``"23tap"`` (the toolbox's interpolator) or ``"cubic"`` (Keys; GDAL's default)
+    resampling: str = "23tap"
     #: whether :meth:`fit` needs ``SceneInfo.pan_sample``/``ms_sample``
     needs_scene_sample: ClassVar[bool] = False
     #: extra provenance (weights hash, ...)

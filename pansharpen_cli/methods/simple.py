@@ -53,11 +53,13 @@ class WeightedBrovey(Method):
     """GDAL's weighted Brovey: pseudo-PAN = sum_b w_b MS_b; out_b = MS_b * PAN / pseudo-PAN.
 
     Weights come from ``--weights`` or the sensor preset (spectral overlap with the PAN band);
-    without either, equal weights 1/B.
+    without either, equal weights 1/B. The MS is interpolated with Keys' cubic, as
+    ``gdal_pansharpen`` does by default (``resampling="23tap"`` for the toolbox's interpolator).
     """
 
     name = "wbrovey"
-    description = "GDAL's weighted Brovey: MS_b * PAN / sum(w_b MS_b); --weights or sensor preset"
+    description = "GDAL's weighted Brovey: MS_b * PAN / sum(w_b MS_b); --weights or sensor preset; cubic MS"
+    resampling = "cubic"
 
     def __init__(self, weights: Sequence[float] | None = None, **options):
         super().__init__(**options)
