@@ -566,6 +566,7 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
             contextlib.closing(_RowReader(engine, tiles, timing, enabled=req.prefetch)) as rows:
         if progress:
             progress(ProgressEvent("stats", 1, 1))
+        timing["setup_s"] = time.perf_counter() - t0  # plan, headers, scene statistics, method fit
         # without overlap nothing is blended: tiles are converted to the output type on the pool
         per_tile = tiles.overlap == 0
         finalize = (lambda o: _to_output(o, plan, inplace=True)) if per_tile else None

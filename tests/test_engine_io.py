@@ -1,0 +1,190 @@
+"""The engine's I/O paths: prefetched strip reads, per-tile output conversion, the light scene
+sample, the polyphase resampler, GDAL-style cubic resampling and the SceneWindows protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pansharpen_cli import resample as R
+from pansharpen_cli.methods import Method, SceneInfo, TileInput
+from pansharpen_cli.pipeline import FuseRequest, fuse, open_scene, plan_fuse
+from pansharpen_cli.tiling import Window
+
+from test_fuse import read, real_pair, write
+
+# -- prefetch and per-tile conversion ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,overlap", [("wbrovey", 0), ("brovey", 0), ("mtf-glp-hpm", None)])
+def test_prefetched_reads_give_the_same_file(tmp_path: Path, method: str, overlap: int | None) -> None:
+    pan_p, ms_p = real_pair(tmp_path, size=192, ratio=4)
+    outs = []
+    for prefetch in (True, False):
+        out = tmp_path / f"o{prefetch}.tif"
+        s = fuse(FuseRequest(pan=pan_p, ms=ms_p, out=out, method=method, tile=64, overlap=overlap,
+                             prefetch=prefetch))
+        assert set(s["timings"]) >= {"read_s", "read_wait_s", "compute_s", "write_wait_s", "write_s", "setup_s"}
+        outs.append(read(out))
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_per_tile_conversion_equals_whole_image(tmp_path: Path) -> None:
+    # overlap 0: tiles are clamped/rounded/converted on the pool; must equal one big tile
+    pan_p, ms_p = real_pair(tmp_path, size=160, ratio=4)
+    fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "a.tif", method="wbrovey", tile=48, bit_depth=11))
+    fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "b.tif", method="wbrovey", tile=512, bit_depth=11))
+    a, b = read(tmp_path / "a.tif"), read(tmp_path / "b.tif")
+    assert a.dtype == np.uint16 and a.max() <= 2047
+    assert np.array_equal(a, b)
+
+
+def test_light_scene_sample_does_not_miss_sparse_valid_data(tmp_path: Path) -> None:
+    # > 1024 px: the light sample looks at a few windows only; here they are all nodata, the data
+    # sits elsewhere -> the full sample must decide, and the run must succeed
+    n, r = 1100, 4
+    pan = np.zeros((n, n), np.uint16)
+    ms = np.zeros((4, n // r, n // r), np.uint16)
+    pan[160:240, 160:240] = 900
+    ms[:, 40:60, 40:60] = 500
+    t = Affine(1.0, 0, 0, 0, -1.0, 0)
+    pan_p = write(tmp_path / "pan.tif", pan, t, nodata=0)
+    ms_p = write(tmp_path / "ms.tif", ms, Affine(4.0, 0, 0, 0, -4.0, 0), nodata=0)
+    out = tmp_path / "o.tif"
+    fuse(FuseRequest(pan=pan_p, ms=ms_p, out=out, method="wbrovey"))
+    o = read(out)
+    assert (o[:, 170:230, 170:230] > 0).all()
+    assert (o[:, 600:, 600:] == 0).all()
+
+
+# -- resampling ---------------------------------------------------------------------------------------
+
+
+def _keys(t: np.ndarray) -> np.ndarray:
+    x = np.abs(t)
+    a = -0.5
+    return np.where(x <= 1, (a + 2) * x**3 - (a + 3) * x**2 + 1,
+                    np.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, 0.0))
+
+
+def test_cubic_resampling_is_keys_at_the_true_position() -> None:
+    # GDAL's cubic: output pixel j of a corner-aligned ratio-4 grid sits at LR (j + 0.5) / 4 - 0.5
+    rng = np.random.default_rng(3)
+    lr = rng.uniform(0, 2000, size=(1, 40, 40)).astype(np.float32)
+    amap = R.AxisMap(0.25, 0.5 / 4 - 0.5)
+    out = R.resample_block(lr, amap, amap, 0, 0, (40, 120), (40, 120), (40, 40), kind="cubic")
+    u = amap.positions(40, 120)
+    base = np.floor(u).astype(int)
+    w = np.stack([_keys(u - (base + t)) for t in (-1, 0, 1, 2)], axis=1)  # (n, 4)
+    idx = base[:, None] + np.arange(-1, 3)[None]
+    rows = np.einsum("it,itc->ic", w, lr[0][idx].astype(np.float64))
+    ref = np.einsum("jt,ijt->ij", w, rows[:, idx])
+    assert np.abs(out[0] - ref).max() < 1e-2
+
+
+@pytest.mark.parametrize("kind,scale,offset", [("23tap", 0.25, -0.375), ("23tap", 0.25, -0.5), ("23tap", 0.5, -0.25),
+                                                ("23tap", 0.25, 0.1), ("cubic", 0.25, -0.375), ("cubic", 1 / 3, 0.2)])
+def test_polyphase_equals_the_reference_chain(kind: str, scale: float, offset: float) -> None:
+    rng = np.random.default_rng(4)
+    lr = rng.uniform(0, 2000, size=(2, 60, 60)).astype(np.float32)
+    amap = R.AxisMap(scale, offset)
+    assert R._phase_kernels(amap, 60, kind) is not None
+    k0, k1 = R.lr_range(amap, 50, 130, 60)
+    block = lr[:, :, np.clip(np.arange(k0, k1), 0, 59)]
+    fast = R.resample_axis(block, 2, amap, k0, 50, 130, 60, kind)
+    ref = R._reference_axis(block.astype(np.float64), 2, amap, k0, 50, 130, 60, kind)
+    assert np.abs(fast - ref).max() < 2e-3  # float32 rounding on values up to 2000
+
+
+def test_drifting_scale_uses_the_reference_chain() -> None:
+    assert R._phase_kernels(R.AxisMap(0.25 + 1e-9, 0.0), 100) is None
+
+
+@settings(max_examples=20, deadline=None)
+@given(a=st.integers(0, 50), b=st.integers(1, 50), kind=st.sampled_from(["23tap", "cubic"]))
+def test_cubic_and_23tap_values_do_not_depend_on_the_block(a: int, b: int, kind: str) -> None:
+    rng = np.random.default_rng(5)
+    lr = rng.uniform(0, 1000, size=(1, 60, 60)).astype(np.float32)
+    amap = R.AxisMap(0.25, -0.375)
+
+    def run(j0: int, j1: int) -> np.ndarray:
+        k0, k1 = R.lr_range(amap, j0, j1, 60)
+        cols = np.clip(np.arange(k0, k1), 0, 59)
+        return R.resample_axis(lr[:, :, cols], 2, amap, k0, j0, j1, 60, kind)
+
+    whole = run(0, 120)
+    part = run(a, a + b)
+    assert np.array_equal(part, whole[:, :, a:a + b])
+
+
+def test_wbrovey_defaults_to_cubic_and_23tap_is_selectable(tmp_path: Path) -> None:
+    pan_p, ms_p = real_pair(tmp_path, size=96, ratio=4)
+    plan = plan_fuse(FuseRequest(pan=pan_p, ms=ms_p, method="wbrovey"))
+    assert plan.method.resampling == "cubic" and plan.to_dict()["resampling"] == "cubic"
+    plan = plan_fuse(FuseRequest(pan=pan_p, ms=ms_p, method="wbrovey", resampling="23tap"))
+    assert plan.method.resampling == "23tap"
+    assert plan_fuse(FuseRequest(pan=pan_p, ms=ms_p, method="exp")).method.resampling == "23tap"
+    out = tmp_path / "o.tif"
+    fuse(FuseRequest(pan=pan_p, ms=ms_p, out=out, method="exp", resampling="cubic"))
+    with rasterio.open(out) as ds:
+        assert '"resampling": "cubic"' in ds.tags()["PANSHARPEN_OPTIONS"]
+
+
+def test_unknown_resampling_is_a_usage_error(tmp_path: Path) -> None:
+    from pansharpen_cli.errors import UsageError
+
+    pan_p, ms_p = real_pair(tmp_path, size=96, ratio=4)
+    with pytest.raises(UsageError, match="resampling"):
+        plan_fuse(FuseRequest(pan=pan_p, ms=ms_p, resampling="lanczos"))
+
+
+# -- SceneWindows ---------------------------------------------------------------------------------------
+
+
+class _Spy(Method):
+    name = "spy"
+    description = "records what fit() sees"
+
+    def fit(self, scene: SceneInfo) -> None:
+        self.scene = scene
+        w = scene.windows
+        assert w is not None
+        self.phase, self.ratio, self.shape = w.phase, w.ratio, (w.height, w.width)
+        self.aligned = w.lr_aligned(Window(8, 12, 16, 32))
+        self.misaligned = w.lr_aligned(Window(9, 12, 16, 32))
+        self.lr, self.lr_valid = w.ms_lr(Window(8, 12, 16, 32))
+        self.tile = w.inputs(Window(8, 12, 16, 32))
+
+    def fuse_tile(self, tile: TileInput) -> np.ndarray:
+        return tile.ms_up
+
+
+def test_methods_read_scene_windows_while_fitted(tmp_path: Path) -> None:
+    pan_p, ms_p = real_pair(tmp_path, size=96, ratio=4)
+    spy = _Spy()
+    plan = plan_fuse(FuseRequest(pan=pan_p, ms=ms_p, method=spy))
+    with open_scene(plan) as (scene, _engine):
+        assert scene is spy.scene
+    assert spy.phase == "corner" and spy.ratio == 4 and spy.shape == (96, 96)
+    assert spy.aligned and not spy.misaligned
+    ms = read(ms_p).astype(np.float32)
+    assert np.array_equal(spy.lr, ms[:, 2:6, 3:11]) and spy.lr_valid.all()
+    assert spy.tile.pan.shape == (16, 32) and spy.tile.ms_up.shape == (4, 16, 32)
+    with pytest.raises(ValueError, match="MS pixels"):
+        spy.scene.windows.ms_lr(Window(9, 12, 16, 32))
+
+
+def test_toolbox_phase_is_recognised(tmp_path: Path) -> None:
+    from pansharpen_cli.pipeline import fuse_arrays
+
+    spy = _Spy()
+    rng = np.random.default_rng(0)
+    fuse_arrays(rng.uniform(1, 100, (64, 64)).astype(np.float32), rng.uniform(1, 100, (4, 16, 16)).astype(np.float32),
+                spy, ratio=4, phase="toolbox", workdir=tmp_path)
+    assert spy.phase == "toolbox"
