@@ -65,6 +65,8 @@ class FuseRequest:
     source: str | None = None
     #: read the next tile row in a background thread while the current one is computed
     prefetch: bool = True
+    #: compress and write finished strips in a background thread (False: in the tile loop's thread)
+    background_write: bool = True
     #: MS interpolation: "23tap" | "cubic"; None = the method's own (wbrovey: cubic, like GDAL)
     resampling: str | None = None
 
@@ -577,7 +579,8 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
                           crs=a.pan.crs, transform=a.out_transform, nodata=plan.out_nodata, fmt=req.fmt,
                           creation_options=req.creation_options, overwrite=req.overwrite, tags=_tags(plan),
                           band_descriptions=plan.band_names,
-                          band_colors=[b.common for b in plan.sensor.bands]) as writer:
+                          band_colors=[b.common for b in plan.sensor.bands],
+                          background=req.background_write) as writer:
             # networks: their --batch; classical methods: a few tiles at a time for the thread pool
             group = int(getattr(plan.method, "batch", 0)) or 2 * engine.threads
             for i in range(len(tiles.row_starts)):

@@ -632,7 +632,8 @@ class OutputWriter:
     def __init__(self, path: str | Path, *, width: int, height: int, count: int, dtype: str, crs, transform: Affine,
                  nodata: float | None, fmt: str = "GTiff", creation_options: dict[str, str] | None = None,
                  overwrite: bool = False, tags: dict[str, str] | None = None,
-                 band_descriptions: Sequence[str] | None = None, band_colors: Sequence[str] | None = None):
+                 band_descriptions: Sequence[str] | None = None, band_colors: Sequence[str] | None = None,
+                 background: bool = True):
         fmt_u = fmt.upper()
         if fmt_u not in ("GTIFF", "COG"):
             raise UsageError(f"unknown output format '{fmt}'", fix="use --of GTiff or --of COG")
@@ -651,6 +652,8 @@ class OutputWriter:
         self._spare: list[np.ndarray] = []
         #: seconds the writer thread spent in GDAL (compression and I/O)
         self.busy_s = 0.0
+        #: compress and write in a background thread (False: in the caller's thread)
+        self.background = background
         self._buf: np.ndarray | None = None
         self._buf_row0 = 0
         self._buf_n = 0
@@ -725,6 +728,11 @@ class OutputWriter:
             return
         assert self._ds is not None and self._buf is not None and self._pool is not None
         buf, n, row0 = self._buf, self._buf_n, self._buf_row0
+        if not self.background:  # in the caller's thread (for measuring what the writer thread gains)
+            self._write(buf[:, :n], RioWindow(0, row0, self.width, n))
+            self._buf_row0 += n
+            self._buf_n = 0
+            return
         fut = self._pool.submit(self._write, buf[:, :n], RioWindow(0, row0, self.width, n))
         self._pending.append((fut, buf))
         while len(self._pending) > 2:

@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import correlate1d
 
 from .filters import HALFBAND_23TAP
 
@@ -97,7 +96,7 @@ def _upsample_dyadic(x: np.ndarray, axis: int, r: int) -> np.ndarray:
         idx = [slice(None)] * y.ndim
         idx[axis] = slice(1, None, 2) if first else slice(0, None, 2)
         z[tuple(idx)] = y
-        y = correlate1d(z, hb, axis=axis, mode="nearest")
+        y = _correlate1d()(z, hb, axis=axis, mode="nearest")
         first = False
         r //= 2
     return y
@@ -136,6 +135,45 @@ def _reference_axis(block: np.ndarray, axis: int, amap: AxisMap, k0: int, j0: in
         idx = np.rint(q).astype(np.int64)
         return np.take(fine, idx, axis=axis)
     return _gather_cubic(fine, axis, q)
+
+
+def _correlate1d():
+    """SciPy's ``correlate1d``, imported on first use (SciPy's import costs ~0.3 s of start-up)."""
+    from scipy.ndimage import correlate1d
+
+    return correlate1d
+
+
+#: kernels up to this many taps are applied with numpy slices (as fast as SciPy for a few taps,
+#: and no SciPy import: GDAL-style cubic needs none), longer ones with ``correlate1d``
+_SHORT_KERNEL = 6
+
+
+def _apply_kernel(block: np.ndarray, axis: int, kern: np.ndarray, start: int, count: int) -> np.ndarray:
+    """``y[i] = sum_t kern[t] * block[start + i + t]`` along ``axis`` for i < count.
+
+    Each output is a sum in a fixed order over the same samples wherever it sits in the block, so
+    values do not depend on the tile."""
+    taps = [(t, np.float32(k)) for t, k in enumerate(kern) if k != 0.0]
+    if len(taps) <= _SHORT_KERNEL:
+        def sl(t: int) -> np.ndarray:
+            idx = [slice(None)] * block.ndim
+            idx[axis] = slice(start + t, start + t + count)
+            return block[tuple(idx)]
+
+        t0, k0 = taps[0]
+        out = sl(t0) * k0
+        tmp = np.empty_like(out)
+        for t, k in taps[1:]:
+            np.multiply(sl(t), k, out=tmp)
+            out += tmp
+        return out
+    half = len(kern) // 2
+    src = [slice(None)] * block.ndim
+    src[axis] = slice(start, start + count + len(kern) - 1)  # only the samples these outputs touch
+    y = _correlate1d()(block[tuple(src)], kern, axis=axis, mode="nearest")
+    src[axis] = slice(half, half + count)
+    return y[tuple(src)]
 
 
 _PERIOD_TOL = 1e-12
@@ -192,15 +230,10 @@ def _polyphase_axis(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarra
         start = (jp - p) // r + shift - k0  # block index of the first tap of the first output
         if start < 0 or start + count - 1 + len(kern) > n:
             raise ValueError("LR block too small for the requested output range (halo bug)")
-        half = len(kern) // 2
-        lo, hi = start, start + count + len(kern) - 1  # only the samples these outputs touch
-        src = [slice(None)] * block.ndim
-        src[axis] = slice(lo, hi)
-        y = correlate1d(block[tuple(src)], kern, axis=axis, mode="nearest")
-        src[axis] = slice(half, half + count)
+        y = _apply_kernel(block, axis, kern, start, count)
         dst = [slice(None)] * block.ndim
         dst[axis] = slice(jp - j0, None, r)
-        out[tuple(dst)] = y[tuple(src)]
+        out[tuple(dst)] = y
     return out
 
 

@@ -11,13 +11,12 @@ import rasterio
 from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_fuse import read, real_pair, write
 
 from pansharpen_cli import resample as R
 from pansharpen_cli.methods import Method, SceneInfo, TileInput
 from pansharpen_cli.pipeline import FuseRequest, fuse, open_scene, plan_fuse
 from pansharpen_cli.tiling import Window
-
-from test_fuse import read, real_pair, write
 
 # -- prefetch and per-tile conversion ---------------------------------------------------------------
 
@@ -29,7 +28,7 @@ def test_prefetched_reads_give_the_same_file(tmp_path: Path, method: str, overla
     for prefetch in (True, False):
         out = tmp_path / f"o{prefetch}.tif"
         s = fuse(FuseRequest(pan=pan_p, ms=ms_p, out=out, method=method, tile=64, overlap=overlap,
-                             prefetch=prefetch))
+                             prefetch=prefetch, background_write=prefetch))
         assert set(s["timings"]) >= {"read_s", "read_wait_s", "compute_s", "write_wait_s", "write_s", "setup_s"}
         outs.append(read(out))
     assert np.array_equal(outs[0], outs[1])
