@@ -39,7 +39,7 @@ def _mib(n: int) -> str:
 
 @models_app.command("list")
 def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
-    """List the installed models: shipped with pansharpen, then imported into the user store."""
+    """List the installed models: shipped with pansharpen, then the user's (imported, trained, adapted)."""
     _run(_list, as_json)
 
 
@@ -54,13 +54,14 @@ def _list(as_json: bool) -> None:
         typer.echo(f"no models installed (user store: {zoo.user_store()}); import a checkpoint with "
                    "`pansharpen models import CKPT`")
         return
-    cols = ("name", "arch", "bands", "sensor", "ratio", "bits", "input", "licence", "origin", "size")
+    cols = ("name", "arch", "bands", "sensor", "ratio", "bits", "input", "licence", "default for", "origin", "size")
     rows = [(e.name, e.arch, str(e.bands), e.sensor, str(e.ratio), str(e.bit_depth), e.input_convention, e.licence,
-             e.origin, _mib(e.size)) for e in entries]
+             " ".join(e.default_for) or "-", zoo.origin_label(e), _mib(e.size)) for e in entries]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     for r in (cols, *rows):
         typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    typer.echo(f"(user store: {zoo.user_store()})")
+    typer.echo(f"(user store: {zoo.user_store()}; 'default for': the sensors on which `pansharpen fuse` runs the "
+               "model when given neither --method nor --model)")
 
 
 # -- info ------------------------------------------------------------------------------------------

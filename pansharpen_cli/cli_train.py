@@ -278,24 +278,17 @@ def _train(*, arch: str, out: Path, sensor: str, scenes: Sequence[str], extra_gi
 
 
 def _register(sf: Path, entry: dict[str, Any], err: Any, overwrite: bool) -> str | None:
-    """Put the trained model into the user store: ``zoo.register_model`` when the zoo has one, else through
-    ``zoo.import_checkpoint`` (which records the training data but not the recipe/quality)."""
+    """Put the trained model into the user store with its whole manifest entry (recipe, training data,
+    validation quality: :func:`pansharpen_cli.zoo.register_model`); a refusal is a note, not an error
+    (the files in NAME's folder are written either way)."""
     from . import zoo
     from .errors import ModelError
 
-    reg = getattr(zoo, "register_model", None)
     try:
-        if callable(reg):
-            e = reg(sf, entry, overwrite=overwrite)
-        else:
-            e = zoo.import_checkpoint(sf, arch=entry["arch"], sensor=None if entry["sensor"] == "generic" else
-                                      entry["sensor"], name=entry["name"], bit_depth=entry["bit_depth"],
-                                      ratio=entry["ratio"], scale=entry["scale"], licence=entry["licence"],
-                                      training_data=entry["training_data"], overwrite=overwrite)
+        e = zoo.register_model(sf, entry, overwrite=overwrite, provenance="trained")
     except ModelError as exc:
         err.print(f"pansharpen: note: not added to the model store: {exc.one_line()}", highlight=False,
                   soft_wrap=True)
         return None
-    name = getattr(e, "name", entry["name"])
-    err.print(f"added {name} to the user model store ({zoo.user_store()})", highlight=False)
-    return str(name)
+    err.print(f"added {e.name} to the user model store ({zoo.user_store()})", highlight=False)
+    return e.name

@@ -59,4 +59,30 @@ def tune_malloc() -> bool:
     return _MALLOC_TUNED
 
 
-__all__ = ["tune_malloc"]
+#: thread-pool variables of the numeric libraries (OpenMP, BLAS, numexpr; read when they load) and GDAL
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS", "GDAL_NUM_THREADS")
+
+
+def set_threads(n: int) -> None:
+    """Cap this process's compute threads at ``n`` (``pansharpen fuse --threads``).
+
+    Sets torch's intra-op threads (when torch is loaded; a network given ``threads`` sets them as
+    well), GDAL's decoding and compression threads (``raster.GDAL_ENV``, which the readers and
+    writers apply with ``rasterio.Env``, beating the environment) and the environment variables of
+    the OpenMP/BLAS pools of libraries not loaded yet. Raises ``ValueError`` for ``n < 1``.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"threads must be at least 1 (got {n})")
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(n)
+    from . import raster
+
+    raster.GDAL_ENV["GDAL_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+__all__ = ["THREAD_ENV_VARS", "set_threads", "tune_malloc"]

@@ -32,7 +32,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -50,8 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SHIPPED_PACKAGE = "pansharpen_cli.weights"
-#: ``arch.tag``: lowercase; the architecture part is a registry key, the tag may hold ``. _ -``.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*\.[a-z0-9][a-z0-9_.-]*$")
+#: ``arch.tag``: lowercase; the architecture part is a registry key, the tag may hold ``. _ - +``
+#: (``+`` names adapted models: ``fusionnet.wv3+wv2``).
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*\.[a-z0-9][a-z0-9_.+-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -80,7 +81,13 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "source": "",
     "compatible_sensors": [],
     "created": "",
+    "default_for": [],
+    "provenance": "",
 }
+#: optional keys of adapted models (``pansharpen adapt``), stored only when set, with their types
+ADAPTED_FIELDS: dict[str, type] = {"base_model": str, "base_sha256": str, "adaptation": dict}
+#: values of the ``provenance`` field: how the weights came to be
+PROVENANCES = ("trained", "imported", "adapted")
 _CONVENTIONS = ("lms", "lr", "highpass")
 
 
@@ -115,6 +122,19 @@ class ModelEntry:
     origin: str = field(default="user", compare=False)
     #: not stored: the folder holding the manifest (a Path, or a Traversable for the package)
     root: Any = field(default=None, compare=False, repr=False)
+    #: sensor keys for which ``pansharpen fuse`` runs this (shipped) model when neither --method
+    #: nor --model is given (see :func:`default_model_for`)
+    default_for: tuple[str, ...] = ()
+    #: how the weights came to be: "trained", "imported", "adapted", or "" (unknown: inferred by
+    #: :func:`provenance_of`)
+    provenance: str = ""
+    #: adapted models (``pansharpen adapt``): the base model's name; the entry's file is an adapter
+    #: (see :mod:`pansharpen_cli.adapt`) applied on top of the base when loaded
+    base_model: str = ""
+    #: adapted models: the SHA-256 of the base model's weights file the adapter was made for
+    base_sha256: str = ""
+    #: adapted models: how (mode, scenes, seed, steps, learning rate, patches) and the report
+    adaptation: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def location(self) -> str:
@@ -127,6 +147,9 @@ class ModelEntry:
         for k in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS):
             v = getattr(self, k)
             d[k] = list(v) if isinstance(v, tuple) else v
+        for k in ADAPTED_FIELDS:  # written only for adapted models
+            if getattr(self, k):
+                d[k] = getattr(self, k)
         return d
 
     @classmethod
@@ -168,8 +191,60 @@ class ModelEntry:
             training_data=d["training_data"], recipe=d["recipe"], quality=dict(d["quality"]),
             licence=d["licence"], description=str(opt["description"]), source=str(opt["source"]),
             compatible_sensors=tuple(str(s) for s in opt["compatible_sensors"]), created=str(opt["created"]),
-            origin=origin, root=root,
+            origin=origin, root=root, default_for=_str_list(d, "default_for", label, where),
+            provenance=_provenance_field(d, label, where), **_adapted_fields(d, label, where),
         )
+
+
+def _str_list(d: Mapping[str, Any], key: str, label: str, where: str) -> tuple[str, ...]:
+    v = d.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ModelError(f"{label}: field '{key}' must be a list of strings", path=where)
+    return tuple(v)
+
+
+def _adapted_fields(d: Mapping[str, Any], label: str, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, t in ADAPTED_FIELDS.items():
+        if k in d:
+            if not isinstance(d[k], t):
+                raise ModelError(f"{label}: field '{k}' has the wrong type ({type(d[k]).__name__})", path=where)
+            out[k] = dict(d[k]) if t is dict else d[k]
+    if out.get("base_sha256") and not _SHA_RE.match(out["base_sha256"]):
+        raise ModelError(f"{label}: 'base_sha256' must be 64 lowercase hex digits", path=where)
+    if out.get("base_model") and out["base_model"] == d.get("name"):
+        raise ModelError(f"{label}: a model cannot be its own base", path=where)
+    return out
+
+
+def _provenance_field(d: Mapping[str, Any], label: str, where: str) -> str:
+    v = d.get("provenance", "")
+    if not isinstance(v, str) or (v and v not in PROVENANCES):
+        raise ModelError(f"{label}: field 'provenance' must be one of {', '.join(PROVENANCES)}", path=where)
+    return v
+
+
+def provenance_of(entry: ModelEntry) -> str:
+    """How a model's weights came to be: ``trained``, ``imported`` or ``adapted``.
+
+    The stored ``provenance`` field when present; else inferred for older user manifests (an
+    ``imported from ...`` source means imported, a recipe means trained).
+    """
+    if entry.provenance:
+        return entry.provenance
+    if entry.source.startswith("imported from"):
+        return "imported"
+    return "trained" if entry.recipe else "imported"
+
+
+def origin_label(entry: ModelEntry) -> str:
+    """``models list``'s provenance column: ``shipped``, ``user-imported``, ``user-trained`` or
+    ``user-adapted`` (with its base model when the entry names one)."""
+    if entry.origin == "shipped":
+        return "shipped"
+    label = f"user-{provenance_of(entry)}"
+    base = getattr(entry, "base_model", "") or ""
+    return f"{label} (base {base})" if base else label
 
 
 # -- stores ------------------------------------------------------------------------------------------
@@ -332,8 +407,13 @@ def load_state_dict(entry: ModelEntry | str) -> dict[str, Tensor]:
 
 
 def load_network(entry: ModelEntry | str) -> tuple[PansharpenNet, ArchSpec, ModelEntry]:
-    """Build the network of a model and load its verified weights strictly (eval mode)."""
+    """Build the network of a model and load its verified weights strictly (eval mode).
+
+    An adapted model (``base_model`` set) is its base network, loaded and verified the same way,
+    plus its verified adapter (:func:`load_adapted_network`)."""
     e = get_model(entry) if isinstance(entry, str) else entry
+    if e.base_model:
+        return load_adapted_network(e)
     from .models import resolve_arch
 
     spec = resolve_arch(e.arch)
@@ -350,6 +430,102 @@ def load_network(entry: ModelEntry | str) -> tuple[PansharpenNet, ArchSpec, Mode
                          f"({first[1].strip() if len(first) > 1 else first[0]})", path=e.location) from None
     model.eval()
     return model, spec, e
+
+
+def load_adapted_network(entry: ModelEntry, _seen: tuple[str, ...] = ()) -> tuple[PansharpenNet, ArchSpec, ModelEntry]:
+    """An adapted model: its base model (size and SHA-256 verified; the base's SHA-256 must also be
+    the one the adapter was made for) and the adapter file (size and SHA-256 verified, parsed from
+    the verified bytes) applied on top. Returns the adapted network, the base's architecture and
+    ``entry``."""
+    if entry.name in _seen or entry.base_model in _seen:
+        raise ModelError(f"'{entry.name}': its base models form a loop ({' -> '.join((*_seen, entry.name))})",
+                         path=entry.location)
+    base = find_model(entry.base_model)
+    if base is None:
+        raise ModelError(f"'{entry.name}' is adapted from '{entry.base_model}', which is not installed",
+                         path=entry.location, fix=f"import or restore '{entry.base_model}', or remove "
+                         f"'{entry.name}' (`pansharpen models remove {entry.name}`)")
+    if entry.base_sha256 and base.sha256 != entry.base_sha256:
+        raise ModelError(f"'{entry.name}' was adapted from '{base.name}' with SHA-256 {entry.base_sha256[:16]}..., "
+                         f"but the installed '{base.name}' is {base.sha256[:16]}...; not loaded", path=base.location,
+                         fix=f"restore the original '{base.name}', or adapt it again (`pansharpen adapt`)")
+    if base.base_model:
+        net, spec, _ = load_adapted_network(base, (*_seen, entry.name))
+    else:
+        net, spec, _ = load_network(base)
+    data = _open_checked(entry, keep=True)
+    from .adapt import load_adapter_bytes
+
+    try:
+        model = load_adapter_bytes(net, data, where=entry.location)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"the adapter of '{entry.name}' does not fit '{base.name}' ({exc})",
+                         path=entry.location) from None
+    return model.eval(), spec, entry
+
+
+def adapted_model_for(sensor_key: str | None, n_bands: int, ratio: float,
+                      band_names: Sequence[str] | None = None) -> ModelEntry | None:
+    """The user-adapted model (``pansharpen adapt``) that ``pansharpen fuse`` runs by default on a
+    scene of ``sensor_key``, or None: a user model whose provenance is ``adapted``, flagged for the
+    sensor in its ``default_for``, with the scene's band count and ratio (and its bands, when the
+    scene names them). The most recently created one wins. Such a model wins over a shipped default
+    (:func:`default_model_for`): the user adapted it to this sensor on purpose."""
+    if sensor_key is None or sensor_key.strip().lower() == "generic":
+        return None
+    key = sensor_key.strip().upper()
+    want = [b.strip().upper() for b in band_names] if band_names else None
+    try:
+        entries = user_models()
+    except ModelError:
+        return None  # a broken user manifest is reported when a model is actually used
+    best: ModelEntry | None = None
+    for e in entries:
+        if provenance_of(e) != "adapted" or not e.base_model or key not in {s.upper() for s in e.default_for}:
+            continue
+        if e.bands != n_bands or not _ratio_fits(e.ratio, ratio):
+            continue
+        if want is not None and want != [b.upper() for b in e.band_names]:
+            continue
+        if best is None or e.created >= best.created:
+            best = e
+    if best is not None and any(s.name == best.name for s in shipped_models()):
+        return None  # shadowed by a shipped model of the same name
+    return best
+
+
+def register_adapted(adapter: str | Path, base: ModelEntry, *, name: str, sensor: Sensor,
+                     adaptation: Mapping[str, Any], quality: Mapping[str, Any] | None = None,
+                     training_data: str = "", overwrite: bool = False) -> ModelEntry:
+    """Add an adapter file (:func:`pansharpen_cli.adapt.save_adapter`) to the user store as a new
+    model adapted from ``base`` to ``sensor``: provenance ``adapted``, ``base_model`` and
+    ``base_sha256`` recorded, ``default_for`` the sensor (``pansharpen fuse`` then runs it by
+    default on that sensor's scenes, :func:`adapted_model_for`). The entry is validated by loading
+    it (base + adapter, both hash-verified) before the store is written. Raises
+    :class:`ModelError` (nothing written) when it cannot be used."""
+    src = Path(adapter)
+    final = _normalise_name(name, base.arch)
+    data = src.read_bytes()
+    sens = sensor.subset(base.bands) if sensor.n_bands >= base.bands else sensor
+    band_names = tuple(sens.band_names) if len(sens.band_names) == base.bands else base.band_names
+    d: dict[str, Any] = {
+        "name": final, "file": f"{final}.safetensors", "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data), "arch": base.arch, "bands": base.bands, "band_names": list(band_names),
+        "sensor": sens.key, "ratio": base.ratio, "bit_depth": base.bit_depth, "scale": base.scale,
+        "input_convention": base.input_convention,
+        "training_data": training_data or f"adapted without reference to {sens.key} scenes",
+        "recipe": None, "quality": dict(quality or {}), "licence": base.licence,
+        "description": f"{base.name} adapted to {sens.key} ({adaptation.get('mode', 'tailor')})",
+        "source": f"adapted from {base.name} (sha256 {base.sha256}) with `pansharpen adapt`",
+        "compatible_sensors": [], "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "default_for": [sens.key], "provenance": "adapted", "base_model": base.name, "base_sha256": base.sha256,
+        "adaptation": json.loads(json.dumps(dict(adaptation), default=str)),
+    }
+    # validate where the file is (hash, base, strict load), then store it
+    here = ModelEntry.from_json({**d, "file": src.name}, origin="user", root=src.parent, where=str(src))
+    load_adapted_network(here)
+    final_entry = ModelEntry.from_json(d, origin="user", root=user_store(), where=str(user_store() / MANIFEST))
+    return _store_user_entry(final_entry, data, overwrite=overwrite)
 
 
 # -- fitting a scene ---------------------------------------------------------------------------------
@@ -380,27 +556,30 @@ def check_fit(entry: ModelEntry, n_bands: int, ratio: float) -> None:
     raise ModelError(f"model '{entry.name}' " + " and ".join(problems), fix=fix)
 
 
-def default_model_for(sensor_key: str | None, n_bands: int, ratio: float) -> str | None:
-    """The shipped model ``pansharpen fuse`` should use by default for a scene, or None.
+def default_model_for(sensor_key: str | None, n_bands: int, ratio: float,
+                      band_names: Sequence[str] | None = None) -> str | None:
+    """The shipped model ``pansharpen fuse`` runs when given neither --method nor --model, or None.
 
-    Only shipped models are candidates (the default must not depend on what a user imported).
-    A candidate has ``n_bands`` bands and the scene's ratio, and is for this sensor: its ``sensor``,
-    then one of its ``compatible_sensors``, then a ``generic`` model, in that order of preference;
-    ties go to the first in manifest order.
+    Only shipped models flagged for the sensor in their ``default_for`` field are candidates: the
+    default must not depend on what a user imported, and a model is made a default only where its
+    measured quality on real scenes of that sensor beats the classical methods (``weights/README.md``).
+    A candidate must also have ``n_bands`` bands, the scene's ratio (within 5 %) and, when the
+    scene's ``band_names`` are known, the same bands (a Landsat B4-B7 scene is not a B2-B5 one).
+    A scene without a sensor (``sensor_key`` None) matches only ``"generic"`` in ``default_for``.
+    Models whose own ``sensor`` is the scene's come first, then manifest order. None when nothing
+    fits: the caller falls back to a classical method.
     """
     key = (sensor_key or "generic").upper()
+    want = [b.strip().upper() for b in band_names] if band_names else None
     best: tuple[int, int, str] | None = None
     for i, e in enumerate(shipped_models()):
+        if key not in {s.upper() for s in e.default_for}:
+            continue
         if e.bands != n_bands or not _ratio_fits(e.ratio, ratio):
             continue
-        if e.sensor.upper() == key:
-            rank = 0
-        elif key in {s.upper() for s in e.compatible_sensors}:
-            rank = 1
-        elif e.sensor.lower() == "generic":
-            rank = 2
-        else:
+        if want is not None and want != [b.upper() for b in e.band_names]:
             continue
+        rank = 0 if e.sensor.upper() == key else 1
         if best is None or (rank, i) < best[:2]:
             best = (rank, i, e.name)
     return best[2] if best else None
@@ -606,6 +785,7 @@ def import_checkpoint(
                 training_data=training_data or "unknown (imported checkpoint)", recipe=None, quality={},
                 licence=licence or "unknown", source=f"imported from {path.resolve()} (sha256 {src_sha})",
                 created=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), origin="user", root=store,
+                provenance="imported",
             )
             os.replace(tmp, store / file_name)
         except BaseException:
@@ -616,6 +796,68 @@ def import_checkpoint(
         doc = {"schema": SCHEMA_VERSION, "models": [e.to_json() for e in kept]}
         _write_atomic(store / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
     return entry
+
+
+def _store_user_entry(entry: ModelEntry, data: bytes, *, overwrite: bool) -> ModelEntry:
+    """Write ``data`` as ``entry.file`` into the user store and add ``entry`` to its manifest, under
+    the store's lock; the weights file is renamed into place before the manifest names it."""
+    if any(e.name == entry.name for e in shipped_models()):
+        raise ModelError(f"'{entry.name}' is the name of a shipped model", fix="choose another name")
+    store = user_store()
+    _check_not_package(store)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the model store ({exc.strerror or exc})", path=store,
+                         fix="set PANSHARPEN_HOME to a writable folder") from None
+    with _locked(store):
+        entries = user_models()
+        old = next((e for e in entries if e.name == entry.name), None)
+        if old is not None and not overwrite:
+            raise ModelError(f"a model named '{entry.name}' is already in the user store", path=old.location,
+                             fix="choose another name, or pass --overwrite to replace it")
+        _write_atomic(store / entry.file, data)
+        kept = [e for e in entries if e.name != entry.name] + [entry]
+        doc = {"schema": SCHEMA_VERSION, "models": [e.to_json() for e in kept]}
+        _write_atomic(store / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
+    return entry
+
+
+def register_model(weights: str | Path, entry: Mapping[str, Any], *, overwrite: bool = False,
+                   provenance: str = "trained") -> ModelEntry:
+    """Add weights that pansharpen made (``pansharpen train``; adaptation) to the user store with
+    their full manifest entry: recipe, training data, validation quality and licence are kept.
+
+    ``entry`` is a manifest entry for ``weights`` (the dict :func:`pansharpen_cli.training.export_model`
+    returns): its ``sha256`` and ``size`` must describe the file, which must load strictly into
+    ``arch`` with ``bands`` bands. The name is normalised like an import's (``arch.tag``, lowercase;
+    a shipped name is refused, an existing user model needs ``overwrite``). The stored copy is
+    ``NAME.safetensors`` beside the user manifest; ``file`` and ``provenance`` are set here,
+    ``default_for`` is cleared (user models are never defaults) and unknown fields are dropped.
+    Raises :class:`ModelError` (nothing is written) when the entry or the file is not valid.
+    """
+    if provenance not in PROVENANCES:
+        raise ValueError(f"provenance must be one of {', '.join(PROVENANCES)}")
+    src = Path(weights).expanduser()
+    if not src.is_file():
+        raise ModelError("weights file not found", path=src)
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("arch"), str) \
+            or not isinstance(entry.get("name"), str):
+        raise ModelError("the manifest entry to register needs 'name' and 'arch'", path=src)
+    name = _normalise_name(entry["name"], entry["arch"])
+    d = {k: entry[k] for k in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if k in entry}
+    d.update(name=name, file=src.name, default_for=[], provenance=provenance)
+    if not d.get("source"):
+        d["source"] = f"{provenance} with pansharpen ({src.resolve()})"
+    if not d.get("created"):
+        d["created"] = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # validate the entry against the file where it is (hash and size first, then a strict load)
+    here = ModelEntry.from_json(d, origin="user", root=src.parent, where=str(src))
+    data = _open_checked(here, keep=True)
+    load_network(here)
+    d["file"] = f"{name}.safetensors"
+    final = ModelEntry.from_json(d, origin="user", root=user_store(), where=str(user_store() / MANIFEST))
+    return _store_user_entry(final, data, overwrite=overwrite)
 
 
 def remove_model(name: str) -> ModelEntry:
@@ -634,13 +876,15 @@ def remove_model(name: str) -> ModelEntry:
 
 
 def describe(entry: ModelEntry) -> dict[str, Any]:
-    """``models info`` / ``list --json``: the manifest fields plus origin and location."""
-    return {**entry.to_json(), "origin": entry.origin, "path": entry.location}
+    """``models info`` / ``list --json``: the manifest fields plus origin, provenance and location."""
+    return {**entry.to_json(), "origin": entry.origin, "provenance": provenance_of(entry),
+            "origin_label": origin_label(entry), "path": entry.location}
 
 
 __all__ = [
     "MANIFEST", "SCHEMA_VERSION", "ModelEntry", "check_fit", "default_model_for", "describe", "find_model",
-    "get_model", "guess_sensor", "has_model", "import_checkpoint", "list_models", "load_network",
-    "load_state_dict", "models_fitting", "remove_model", "sha256_file", "shipped_models", "shipped_root",
-    "user_home", "user_models", "user_store", "verify_model",
+    "adapted_model_for", "get_model", "guess_sensor", "has_model", "import_checkpoint", "list_models",
+    "load_adapted_network", "load_network", "register_adapted",
+    "load_state_dict", "models_fitting", "origin_label", "provenance_of", "register_model", "remove_model",
+    "sha256_file", "shipped_models", "shipped_root", "user_home", "user_models", "user_store", "verify_model",
 ]

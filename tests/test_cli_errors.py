@@ -49,11 +49,17 @@ def temp_leftovers(out: Path) -> list[Path]:
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    """Exit ``code``, no traceback, exactly one non-empty line on stderr containing every needle."""
+    """Exit ``code``, no traceback, exactly one non-empty error line on stderr containing every needle.
+
+    Only informational ``note:`` lines may come before it (e.g. which method `fuse` chose by default),
+    nothing after it.
+    """
     both = res.stdout + res.stderr
     assert "Traceback" not in both, both
     assert res.returncode == code, f"exit {res.returncode}, expected {code}; stderr: {res.stderr!r}"
     lines = res.stderr.strip("\n").splitlines()
+    while len(lines) > 1 and lines[0].startswith("note: "):
+        lines = lines[1:]
     assert len(lines) == 1 and lines[0].strip(), f"stderr is not one line: {res.stderr!r}"
     line = lines[0]
     assert line.startswith("pansharpen: error:"), line

@@ -144,11 +144,19 @@ def test_scene_that_does_not_fit_lists_models_that_do(home: Path, tmp_path: Path
     add_random_model(tmp_path, "pnn", 4, "QB")
     add_random_model(tmp_path, "dicnn", 8, "WV3")
     pan, ms = smooth_scene(64, 4)
-    with pytest.raises(ModelError, match="'dicnn.wv3' is for 8 MS bands, the scene has 4 - models that fit: pnn.qb"):
+    # the shipped 4-band ratio-4 models come first, then the user's
+    fits = "fusionnet.vhr4, bwnet_fusionnet.vhr4, pnn.qb"
+    assert ", ".join(e.name for e in zoo.models_fitting(4, 4.0)) == fits
+    with pytest.raises(ModelError, match=f"'dicnn.wv3' is for 8 MS bands, the scene has 4 - models that fit: {fits}$"):
         fuse_arrays(pan, ms, "dicnn.wv3", ratio=4)
     pan2, ms2 = smooth_scene(64, 4, ratio=2)
-    with pytest.raises(ModelError, match="is for ratio 4, the scene's PAN/MS ratio is 2 - no installed model fits"):
+    with pytest.raises(ModelError, match="is for ratio 4, the scene's PAN/MS ratio is 2 - models that fit: "
+                                         "fusionnet.l8$"):
         fuse_arrays(pan2, ms2, "pnn.qb", ratio=2)
+    pan3, ms3 = smooth_scene(64, 3, ratio=2)
+    with pytest.raises(ModelError, match="is for 4 MS bands, the scene has 3 and is for ratio 4, the scene's PAN/MS "
+                                         "ratio is 2 - no installed model fits 3 bands at ratio 2"):
+        fuse_arrays(pan3, ms3, "pnn.qb", ratio=2)
 
 
 # -- devices, precision, malloc ----------------------------------------------------------------------
@@ -169,6 +177,138 @@ def test_device_and_precision_checks():
         resolve_precision("fp16", cpu)
     with pytest.raises(UsageError, match="unknown --precision"):
         resolve_precision("int8", cpu)
+
+
+# -- CUDA logic, exercised on the CPU with a simulated GPU ---------------------------------------------
+
+GiB = 1 << 30
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """torch.cuda reports one GPU with ``state['free']`` bytes free and 512 MiB cached by torch."""
+    state = {"free": 2 * GiB, "reserved": 512 << 20, "allocated": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: state.get("bf16", True))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (state["free"], 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    return state
+
+
+def test_device_resolution_with_a_gpu(fake_gpu: dict):
+    notes: list[str] = []
+    assert resolve_device("auto", notes) == torch.device("cuda") and notes == []
+    assert resolve_device("cuda:0").index == 0
+    with pytest.raises(UsageError, match="no CUDA device 1 \\(1 visible\\)"):
+        resolve_device("cuda:1")
+    with pytest.raises(UsageError, match="unknown --device"):
+        resolve_device("cuda:x")
+    gpu = torch.device("cuda")
+    assert resolve_precision("fp16", gpu) == "fp16" and resolve_precision("bf16", gpu) == "bf16"
+    fake_gpu["bf16"] = False
+    with pytest.raises(UsageError, match="this GPU has no bf16 support"):
+        resolve_precision("bf16", gpu)
+
+
+def test_device_resolution_without_a_gpu(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    notes: list[str] = []
+    assert resolve_device("auto", notes).type == "cpu"
+    assert notes == [f"no CUDA GPU available: running the network on the CPU ({torch.get_num_threads()} threads)"]
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    with pytest.raises(UsageError, match="--device cuda but no CUDA GPU is available \\(no CUDA device is visible\\) "
+                                         "- use --device cpu or auto"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(UsageError, match="this torch is built without CUDA"):
+        resolve_device("cuda:0")
+
+
+def test_batch_size_from_gpu_memory(home: Path, tmp_path: Path, fake_gpu: dict):
+    assert netmod.auto_batch_size(10 * GiB, 100 << 20) == netmod.MAX_AUTO_BATCH  # capped
+    assert netmod.auto_batch_size(1 * GiB, 100 << 20) == 6  # 0.6 GiB / 100 MiB
+    assert netmod.auto_batch_size(10 << 20, 100 << 20) == 1  # never 0
+    net = build("fusionnet", 4)
+    assert netmod.activation_bytes_per_pixel(net, 5, 4, "fp32") == 2 * (9 * 4 + 4 * 32 * 4)
+    assert netmod.activation_bytes_per_pixel(net, 5, 4, "fp16") == 2 * (9 * 4 + 4 * 32 * 2)
+    assert netmod.gpu_usable_bytes(torch.device("cuda")) == 2 * GiB + (512 << 20)
+
+    e = add_random_model(tmp_path, "fusionnet", 4, "QB")
+    m = NetworkMethod(e.name, device="cpu")
+    assert m.batch_auto and m.batch == 1 and not m.pin_memory and "batch" not in m.options  # CPU: one tile
+    m.device = torch.device("cuda")  # the same method as if it ran on the simulated GPU
+    m.batch = None
+    assert m.pin_memory
+    side = netmod.AUTO_BATCH_TILE + 4 * m.receptive_field + 1
+    per_tile = 1096 * side * side
+    assert m.batch == int(0.6 * (2.5 * GiB)) // per_tile == 4
+    fake_gpu["free"] = 64 * GiB  # an idle H100: capped
+    assert m._pass_size(side, side) == netmod.MAX_AUTO_BATCH
+    assert m._pass_size(2048, 2048) == int(0.6 * 64.5 * GiB) // (1096 * 2048 * 2048) == 9  # big tiles: fewer
+    fake_gpu["free"] = 0
+    fake_gpu["reserved"] = 0
+    assert m._pass_size(64, 64) == 1
+    m.batch = 3  # --batch wins
+    assert not m.batch_auto and m._pass_size(2048, 2048) == 3
+
+
+def test_pinned_host_buffers_on_cuda(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """On CUDA the tiles are staged in pinned host memory both ways (simulated: the flag is recorded)."""
+    e = add_random_model(tmp_path, "fusionnet", 4, "QB")
+    m = NetworkMethod(e.name, device="cpu")
+    pan, ms = smooth_scene(64, 4)
+    t = tile_input(pan, np.repeat(np.repeat(ms, 4, axis=1), 4, axis=2))
+    calls: list[tuple[tuple[int, ...], bool]] = []
+    real = netmod._host_empty
+
+    def spy(shape, pinned):
+        calls.append((tuple(shape), pinned))
+        return real(shape, False)  # no GPU here: an ordinary buffer
+
+    monkeypatch.setattr(netmod, "_host_empty", spy)
+    plain = m.fuse_tile(t)
+    assert calls == [((1, 5, 64, 64), False)]
+    calls.clear()
+    monkeypatch.setattr(NetworkMethod, "pin_memory", property(lambda self: True))
+    pinned = m.fuse_tile(t)
+    assert calls == [((1, 5, 64, 64), True), ((1, 4, 64, 64), True)]  # input and output staging
+    np.testing.assert_array_equal(pinned, plain)
+
+
+def test_out_of_memory_halves_the_pass(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       fake_gpu: dict):
+    e = add_random_model(tmp_path, "dicnn", 4, "QB")
+    m = NetworkMethod(e.name, device="cpu")
+    m.device = torch.device("cuda")
+    m.batch = 5
+    passes: list[int] = []
+
+    def fake_forward(tiles):
+        passes.append(len(tiles))
+        if len(tiles) > 2:
+            raise netmod._CUDA_OOM("CUDA out of memory")
+        return np.stack([np.full((4, 8, 8), t.pan[0, 0], np.float32) for t in tiles])
+
+    monkeypatch.setattr(m, "_forward", fake_forward)
+    tiles = [tile_input(np.full((8, 8), i, np.float32), np.zeros((4, 8, 8), np.float32)) for i in range(5)]
+    out = m.fuse_tiles(tiles)
+    assert [o[0, 0, 0] for o in out] == [0, 1, 2, 3, 4]  # order kept
+    assert passes == [5, 3, 2, 1, 2]
+    assert m.notices[-2:] == ["GPU out of memory with 5 tiles per pass: continuing with 3",
+                              "GPU out of memory with 3 tiles per pass: continuing with 2"]
+    passes.clear()
+    m.fuse_tiles(tiles)  # later passes stay at the size that worked
+    assert passes == [2, 2, 1]
+
+    def oom(tiles):
+        raise netmod._CUDA_OOM("CUDA out of memory")
+
+    monkeypatch.setattr(m, "_forward", oom)
+    with pytest.raises(ModelError, match="GPU ran out of memory on one 8x8 tile of dicnn.qb - use a smaller --tile"):
+        m.fuse_tiles(tiles[:1])
 
 
 @pytest.mark.skipif(not netmod.cpu_supports_bf16(), reason="no native bf16 on this CPU")
@@ -225,14 +365,22 @@ def test_cli_model_option_errors(home: Path, tmp_path: Path):
     common = ["fuse", "--pan", "p.tif", "--ms", "m.tif", "-o", str(tmp_path / "o.tif")]
     res = _cli(*common, "--model", e.name, "--method", "brovey")
     assert res.exit_code == 2 and "mutually exclusive" in res.output
-    res = _cli(*common, "--device", "cpu")
-    assert res.exit_code == 2 and "--device only applies to deep models" in res.output
+    res = _cli(*common, "--method", "wbrovey", "--device", "cpu")
+    assert res.exit_code == 2 and "--device only applies to deep models, not to 'wbrovey'" in res.output
     res = _cli(*common, "--model", e.name, "--weights", "1,1,1,1")
     assert res.exit_code == 2 and "--weights" in res.output
     res = _cli(*common, "--model", "pnn.nope")
-    assert res.exit_code == 1 and "unknown model 'pnn.nope' - choose one of: pnn.qb" in res.output
+    names = ", ".join(m.name for m in zoo.list_models())
+    assert names.startswith("fusionnet.l8, ") and names.endswith(", pnn.qb")  # shipped first, then the user's
+    assert res.exit_code == 1 and f"unknown model 'pnn.nope' - choose one of: {names}" in res.output
     res = _cli(*common, "--model", e.name, "--precision", "fp16", "--device", "cpu")
     assert res.exit_code == 2 and "fp16 needs a CUDA GPU" in res.output
+    res = _cli(*common, "--model", e.name, "--batch", "0")
+    assert res.exit_code == 2 and "--batch 0 must be at least 1" in res.output
+    if not torch.cuda.is_available():
+        res = _cli(*common, "--model", e.name, "--device", "cuda")
+        assert res.exit_code == 2 and "--device cuda but no CUDA GPU is available" in res.output
+        assert len(res.stderr.strip().splitlines()) == 1
 
 
 # -- ../shared: the DLPan WorldView-2 FusionNet on the real scene ------------------------------------

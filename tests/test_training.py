@@ -321,7 +321,15 @@ def test_cli_train(tmp_path, l8_crop, monkeypatch):
     assert entry["name"] == "fusionnet.mine" and entry["ratio"] == 2 and entry["bands"] == 4
     assert entry["band_names"] == ["B2", "B3", "B4", "B5"] and entry["scale"] == 65535.0
     assert (runs / "fusionnet.mine.safetensors").is_file() and (runs / "fusionnet.mine.ckpt").is_file()
-    assert zoo.find_model("fusionnet.mine") is not None
+    reg = zoo.find_model("fusionnet.mine")
+    assert reg is not None and reg.origin == "user" and reg.sha256 == entry["sha256"]
+    # registered with its whole entry: recipe, training data, validation quality (not as a bare import)
+    assert reg.recipe == entry["recipe"] and "train" in reg.recipe
+    assert reg.training_data == entry["training_data"]
+    assert reg.quality == entry["quality"] and set(reg.quality["metrics"]) >= {"Q2n", "SAM", "ERGAS"}
+    assert zoo.provenance_of(reg) == "trained" and zoo.origin_label(reg) == "user-trained"
+    r = CliRunner().invoke(app, ["models", "list"])
+    assert r.exit_code == 0 and "user-trained" in r.output
     # existing outputs are refused; --resume continues the run
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "already exists" in r.output

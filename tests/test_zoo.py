@@ -97,12 +97,19 @@ def test_shipped_manifest_is_valid_and_verifies():
         assert e.name.split(".", 1)[0] == e.arch
 
 
-def test_empty_store(home: Path):
+def test_empty_store(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert zoo.user_models() == []
+    assert [e.origin for e in zoo.list_models()] == ["shipped"] * len(zoo.shipped_models())
     assert zoo.find_model("fusionnet.wv3") is None
     assert zoo.find_model("wbrovey") is None
     with pytest.raises(ModelError, match="unknown model 'fusionnet.nope'"):
         zoo.get_model("fusionnet.nope")
+    res = cli("models", "list")
+    assert res.exit_code == 0 and "user-" not in res.output  # only the shipped models
+    assert all(e.name in res.output for e in zoo.shipped_models())
+    # nothing shipped and nothing imported
+    _write_manifest(tmp_path / "pkg", [])
+    monkeypatch.setattr(zoo, "shipped_root", lambda: tmp_path / "pkg")
     res = cli("models", "list")
     assert res.exit_code == 0 and "no models installed" in res.output
 
@@ -144,9 +151,15 @@ def test_import_round_trip(home: Path, tmp_path: Path):
     res = cli("models", "list", "--json")
     assert res.exit_code == 0, res.output
     listed = json.loads(res.output)
-    assert [m["name"] for m in listed] == ["fusionnet.qb"] and listed[0]["origin"] == "user"
+    shipped = [e.name for e in zoo.shipped_models()]
+    assert [m["name"] for m in listed] == [*shipped, "fusionnet.qb"]  # shipped first, then the user's
+    mine = listed[-1]
+    assert (mine["origin"], mine["provenance"], mine["origin_label"]) == ("user", "imported", "user-imported")
+    assert {m["origin_label"] for m in listed[:-1]} <= {"shipped"}
     res = cli("models", "list")
-    assert res.exit_code == 0 and "fusionnet.qb" in res.output and "QB" in res.output
+    assert res.exit_code == 0 and "QB" in res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("fusionnet.qb "))
+    assert "user-imported" in line
     res = cli("models", "info", "fusionnet.qb", "--json")
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
@@ -324,6 +337,8 @@ def _write_manifest(folder: Path, entries: list[dict]) -> None:
     ({"band_names": ["a"]}, "band_names"),
     ({"input_convention": "rgb"}, "input_convention"),
     ({"scale": 0}, "scale"),
+    ({"default_for": "L8"}, "'default_for' must be a list of strings"),
+    ({"provenance": "stolen"}, "'provenance' must be one of"),
 ])
 def test_manifest_validation(home: Path, bad: dict, match: str):
     _write_manifest(zoo.user_store(), [_entry(**bad)])
@@ -352,33 +367,158 @@ def test_manifest_errors(home: Path):
 
 def test_default_model_for(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     shipped = tmp_path / "pkg"
+    l8 = ["B2", "B3", "B4", "B5"]
     _write_manifest(shipped, [
-        _entry(name="fusionnet.generic8", sensor="generic"),
-        _entry(name="fusionnet.wv2", sensor="WV2", compatible_sensors=["WV3"]),
-        _entry(name="fusionnet.wv3", sensor="WV3"),
-        _entry(name="pnn.qb", arch="pnn", sensor="QB", bands=4, band_names=list("BGRN")),
-        _entry(name="pnn.l8", arch="pnn", sensor="L8", bands=4, band_names=list("BGRN"), ratio=2),
+        _entry(name="fusionnet.generic8", sensor="generic", default_for=["generic"]),
+        _entry(name="fusionnet.wv2", sensor="WV2", compatible_sensors=["WV3"], default_for=["WV2", "WV3"]),
+        _entry(name="fusionnet.wv3", sensor="WV3", default_for=["WV3"]),
+        _entry(name="fusionnet.ge1", sensor="GE1", bands=4, band_names=list("BGRN")),  # fits, never a default
+        _entry(name="pnn.qb", arch="pnn", sensor="QB", bands=4, band_names=list("BGRN"), default_for=["QB"]),
+        _entry(name="pnn.l8", arch="pnn", sensor="L8", bands=4, band_names=l8, ratio=2, default_for=["L8", "L9"]),
     ])
     monkeypatch.setattr(zoo, "shipped_root", lambda: shipped)
-    assert zoo.default_model_for("WV3", 8, 4.0) == "fusionnet.wv3"
+    assert zoo.default_model_for("WV3", 8, 4.0) == "fusionnet.wv3"  # its own sensor before manifest order
     assert zoo.default_model_for("wv2", 8, 4.0) == "fusionnet.wv2"
-    assert zoo.default_model_for("GE1", 8, 4.0) == "fusionnet.generic8"
+    assert zoo.default_model_for("GE1", 8, 4.0) is None  # a generic model fits but is not flagged for GE1
+    assert zoo.default_model_for("GE1", 4, 4.0) is None  # fusionnet.ge1 has no default_for
     assert zoo.default_model_for(None, 8, 4.0) == "fusionnet.generic8"
     assert zoo.default_model_for("QB", 4, 4.02) == "pnn.qb"
     assert zoo.default_model_for("QB", 4, 2.0) is None
     assert zoo.default_model_for("L8", 4, 2.0) == "pnn.l8"
+    assert zoo.default_model_for("L9", 4, 2.0, l8) == "pnn.l8"
+    assert zoo.default_model_for("L8", 4, 2.0, ["b2", "b3", "b4", "b5"]) == "pnn.l8"
+    assert zoo.default_model_for("L8", 4, 2.0, ["B4", "B5", "B6", "B7"]) is None  # other bands
+    assert zoo.default_model_for("L8", 3, 2.0) is None
+    assert zoo.default_model_for("L7", 4, 2.0) is None
     assert zoo.default_model_for("WV3", 3, 4.0) is None
-    # user models are never defaults
+    # user models are never defaults, even with a default_for of their own
     ckpt = tmp_path / "c" / "QB" / "dicnn.pth"
     save_checkpoint(ckpt, "dicnn", 4)
     zoo.import_checkpoint(ckpt)
+    doc = json.loads((zoo.user_store() / "manifest.json").read_text())
+    doc["models"][0]["default_for"] = ["WV4", "QB"]
+    (zoo.user_store() / "manifest.json").write_text(json.dumps(doc))
+    assert zoo.get_model("dicnn.qb").default_for == ("WV4", "QB")
     assert zoo.default_model_for("WV4", 4, 4.0) is None
+    assert zoo.default_model_for("QB", 4, 4.0) == "pnn.qb"
     # fitting / listing
-    assert [e.name for e in zoo.models_fitting(4, 4.0)] == ["pnn.qb", "dicnn.qb"]
-    with pytest.raises(ModelError, match="is for 8 MS bands, the scene has 4 - models that fit: pnn.qb, dicnn.qb"):
+    assert [e.name for e in zoo.models_fitting(4, 4.0)] == ["fusionnet.ge1", "pnn.qb", "dicnn.qb"]
+    with pytest.raises(ModelError, match="is for 8 MS bands, the scene has 4 - models that fit: fusionnet.ge1, "
+                                         "pnn.qb, dicnn.qb"):
         zoo.check_fit(zoo.get_model("fusionnet.wv3"), 4, 4.0)
     with pytest.raises(ModelError, match="is for ratio 4, the scene's PAN/MS ratio is 2.*pnn.l8"):
         zoo.check_fit(zoo.get_model("dicnn.qb"), 4, 2.0)
+    with pytest.raises(ModelError, match="no installed model fits 3 bands at ratio 2"):
+        zoo.check_fit(zoo.get_model("dicnn.qb"), 3, 2.0)
+
+
+# -- the shipped models ------------------------------------------------------------------------------
+
+
+SHIPPED = ["fusionnet.l8", "fusionnet.vhr4", "fusionnet.vhr8", "bwnet_fusionnet.vhr4", "bwnet_fusionnet.vhr8"]
+
+
+def test_shipped_models_are_the_trained_ones():
+    """The manifest ships the project's five models with their trained.json recipe, data, quality, licence."""
+    trained = {m["name"]: m for m in json.loads((Path(str(zoo.shipped_root())) / "trained.json").read_text())["models"]}
+    entries = zoo.shipped_models()
+    assert [e.name for e in entries] == SHIPPED
+    for e in entries:
+        t = trained[e.name]
+        for k in ("file", "sha256", "size", "arch", "bands", "sensor", "ratio", "bit_depth", "input_convention",
+                  "training_data", "recipe", "quality", "licence"):
+            assert getattr(e, k) == t[k], (e.name, k)
+        assert list(e.band_names) == t["band_names"] and e.scale == t["scale"]
+        assert e.licence == "MIT" and e.recipe and "train_shipped.py" in e.recipe
+        assert {r["protocol"] for r in e.quality["results"]} == {"reduced-resolution (Wald)", "full-resolution"}
+        assert zoo.provenance_of(e) == "trained" and zoo.origin_label(e) == "shipped"
+    # only the Landsat model is a default: the VHR ones, trained on simulated Sentinel-2 data, score below
+    # the classical methods on real WorldView-2 (weights/README.md)
+    assert {e.name: e.default_for for e in entries if e.default_for} == {"fusionnet.l8": ("L8", "L9")}
+
+
+def test_shipped_defaults(home: Path):
+    l8 = ["B2", "B3", "B4", "B5"]
+    assert zoo.default_model_for("L8", 4, 2.0, l8) == "fusionnet.l8"
+    assert zoo.default_model_for("L9", 4, 2.0, l8) == "fusionnet.l8"
+    assert zoo.default_model_for("L8", 4, 2.0) == "fusionnet.l8"
+    assert zoo.default_model_for("L8", 3, 2.0, l8[:3]) is None  # trained on 4 bands
+    assert zoo.default_model_for("L7", 4, 2.0) is None
+    assert zoo.default_model_for(None, 4, 2.0) is None
+    for sensor, n in (("WV2", 8), ("WV3", 8), ("QB", 4), ("GE1", 4), ("WV4", 4), (None, 4), (None, 8)):
+        assert zoo.default_model_for(sensor, n, 4.0) is None, sensor
+    res = cli("models", "list")
+    assert res.exit_code == 0
+    rows = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.split() and ln.split()[0] in SHIPPED}
+    assert set(rows) == set(SHIPPED) and all("shipped" in r for r in rows.values())
+    assert "L8 L9" in rows["fusionnet.l8"]
+
+
+def test_shipped_verify_via_cli(home: Path):
+    res = cli("models", "verify")
+    assert res.exit_code == 0, res.output
+    for name in SHIPPED:
+        assert f"ok     {name}" in res.output
+
+
+# -- registering models that pansharpen made --------------------------------------------------------------
+
+
+def _trained_entry(tmp_path: Path, name: str = "fusionnet.mine", seed: int = 0) -> tuple[Path, dict]:
+    from pansharpen_cli.training import export_model
+
+    torch.manual_seed(seed)
+    sf = tmp_path / "runs" / f"{name}.safetensors"
+    entry = export_model(build("fusionnet", 4), sf, name=name, arch="fusionnet", band_names=["B2", "B3", "B4", "B5"],
+                         sensor="L8", ratio=2, bit_depth=16, scale=65535.0, training_data="my Landsat scenes",
+                         recipe="pansharpen train --arch fusionnet ...",
+                         quality={"protocol": "reduced-resolution (Wald)", "dataset": "validation split (0.1)",
+                                  "metrics": {"Q2n": 0.9, "SAM": 1.0, "ERGAS": 2.0}},
+                         licence="CC-BY-4.0", description="mine", extra={"default_for": ["L8"], "junk": 1})
+    return sf, entry
+
+
+def test_register_model_keeps_the_whole_entry(home: Path, tmp_path: Path):
+    sf, entry = _trained_entry(tmp_path)
+    e = zoo.register_model(sf, entry)
+    stored = zoo.user_store() / "fusionnet.mine.safetensors"
+    assert stored.read_bytes() == sf.read_bytes() and e.location == str(stored)
+    assert (e.recipe, e.training_data, e.quality, e.licence) == (entry["recipe"], "my Landsat scenes",
+                                                                entry["quality"], "CC-BY-4.0")
+    assert (e.sensor, e.ratio, e.scale, e.band_names) == ("L8", 2, 65535.0, ("B2", "B3", "B4", "B5"))
+    assert e.default_for == () and e.provenance == "trained"  # a user model is never a default
+    assert zoo.origin_label(e) == "user-trained" and e.created == entry["created"]
+    doc = json.loads((zoo.user_store() / "manifest.json").read_text())["models"][0]
+    assert doc["recipe"] == entry["recipe"] and doc["provenance"] == "trained" and "junk" not in doc
+    net, _, got = zoo.load_network("fusionnet.mine")
+    assert got == e
+    # the same name again needs overwrite; a shipped name is refused; nothing else changes
+    with pytest.raises(ModelError, match="already in the user store"):
+        zoo.register_model(sf, entry)
+    sf2, entry2 = _trained_entry(tmp_path / "b", seed=1)
+    assert zoo.register_model(sf2, entry2, overwrite=True).sha256 == entry2["sha256"] != entry["sha256"]
+    ship = {**entry, "name": "fusionnet.l8"}
+    with pytest.raises(ModelError, match="name of a shipped model"):
+        zoo.register_model(sf, ship)
+    assert [m.name for m in zoo.user_models()] == ["fusionnet.mine"]
+
+
+def test_register_model_refuses_a_bad_file_or_entry(home: Path, tmp_path: Path):
+    sf, entry = _trained_entry(tmp_path)
+    with pytest.raises(ModelError, match="SHA-256 mismatch"):
+        zoo.register_model(sf, {**entry, "sha256": "0" * 64})
+    with pytest.raises(ModelError, match="size mismatch"):
+        zoo.register_model(sf, {**entry, "size": entry["size"] + 1})
+    with pytest.raises(ModelError, match="do not fit"):
+        zoo.register_model(sf, {**entry, "bands": 8, "band_names": [f"B{i}" for i in range(8)]})
+    with pytest.raises(ModelError, match="lacks the field 'recipe'"):
+        zoo.register_model(sf, {k: v for k, v in entry.items() if k != "recipe"})
+    with pytest.raises(ModelError, match="must start with its architecture"):
+        zoo.register_model(sf, {**entry, "name": "pnn.mine"})
+    with pytest.raises(ModelError, match="not found"):
+        zoo.register_model(tmp_path / "nope.safetensors", entry)
+    assert zoo.user_models() == []
+    assert not zoo.user_store().exists() or not list(zoo.user_store().glob("*.safetensors"))
 
 
 # -- no torch for help and listing -----------------------------------------------------------------
