@@ -42,6 +42,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .errors import Cancelled, InputNotFoundError, PansharpenError, UsageError
+from .runtime import THREAD_ENV_VARS
 
 JOURNAL_NAME = "batch-journal.jsonl"
 REPORT_NAME = "batch-report.json"
@@ -51,9 +52,6 @@ JOURNAL_SCHEMA = 1
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 MANIFEST_COLUMNS = ("id", "pan", "ms", "scene", "out", "sensor", "model", "method", "adapt")
 DEFAULT_SUFFIX = "_pansharpened.tif"
-#: environment variables that size the thread pools of numpy's BLAS, OpenMP (torch) and GDAL
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                   "VECLIB_MAXIMUM_THREADS", "GDAL_NUM_THREADS")
 _GLOB_CHARS = frozenset("*?[")
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off", "none"})
 
@@ -440,16 +438,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def _limit_threads(threads: int) -> None:
     """Cap this process's thread pools (env for libraries not loaded yet; GDAL and torch directly)."""
-    for var in THREAD_ENV_VARS:
-        os.environ[var] = str(threads)
-    from . import raster
+    from .runtime import set_threads
 
-    # raster.GDAL_ENV says all CPUs and is applied with rasterio.Env (which beats the environment)
-    raster.GDAL_ENV["GDAL_NUM_THREADS"] = str(threads)
-    if "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        with contextlib.suppress(Exception):
-            torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 def _die_with_parent() -> None:
@@ -493,22 +484,29 @@ def run_scene(task: dict[str, Any], *, progress: Callable[[Any], None] | None = 
         threads = task.get("threads")
         if threads:
             _limit_threads(int(threads))
-        from .pipeline import FuseRequest, fuse
+        from .pipeline import FuseRequest, default_choice_for, fuse
 
-        method: Any = task.get("method") or "wbrovey"
-        if task.get("model"):
-            from . import zoo
-            from .methods.network import NetworkMethod
-
-            method = NetworkMethod(zoo.get_model(task["model"]), threads=threads, notify=notices.append)
         out = Path(task["out"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        req = FuseRequest(pan=task["pan"], ms=list(task["ms"]), out=out, method=method, sensor=task.get("sensor"),
+        req = FuseRequest(pan=task["pan"], ms=list(task["ms"]), out=out, method="wbrovey", sensor=task.get("sensor"),
                           band_names=task.get("band_names"), tile=task["tile"], overlap=task.get("overlap"),
                           extent=task["extent"], bit_depth=task.get("bit_depth"), nodata=task.get("nodata"),
                           dtype=task.get("dtype"), fmt=task["fmt"], creation_options=dict(task["creation_options"]),
                           overwrite=bool(task.get("overwrite")), ratio=task.get("ratio"),
                           product_nodata=task.get("product_nodata"), source=task.get("source"))
+        method_name, model = task.get("method"), task.get("model")
+        if not method_name and not model:  # as `fuse` does: the scene's default model, else bdsd-pc
+            choice = default_choice_for(req)
+            notices.append(choice.notice())
+            res["method_choice"] = choice.to_dict()
+            method_name, model = (None, choice.name) if choice.kind == "model" else (choice.name, None)
+        if model:
+            from . import zoo
+            from .methods.network import NetworkMethod
+
+            req.method = NetworkMethod(zoo.get_model(model), threads=threads, notify=notices.append)
+        else:
+            req.method = method_name
+        out.parent.mkdir(parents=True, exist_ok=True)
         summary = fuse(req, progress=progress, notice=notices.append)
         res.update(status="ok", mpx_per_s=summary.get("mpx_per_s"), megapixels=summary.get("megapixels"),
                    sha256=sha256_file(out))
@@ -799,7 +797,8 @@ def _entry(sc: Scene, status: str, res: dict[str, Any] | None = None, reason: st
             "output": str(sc.out), "error": r.get("error") if status == "failed" else None, "reason": reason,
             "megapixels": r.get("megapixels"), "sha256": r.get("sha256"),
             "pan": str(sc.pan) if sc.pan else None, "ms": [str(p) for p in sc.ms],
-            "method": sc.model or sc.method or "wbrovey", "origin": sc.origin}
+            "method": sc.model or sc.method or (r.get("method_choice") or {}).get("name") or "default",
+            "origin": sc.origin}
 
 
 def _decide(plan: BatchPlan, config: BatchConfig, journal: dict[str, list[dict[str, Any]]],

@@ -50,7 +50,8 @@ def batch(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")] = False,
     method: Annotated[str | None, typer.Option("--method", "-m", help="Fusion method for every scene (a "
-                                               "manifest's method/model column wins).", show_default="wbrovey")]
+                                               "manifest's method/model column wins).",
+                                               show_default="as fuse: the scene's default model, else bdsd-pc")]
     = None,
     model: Annotated[str | None, typer.Option("--model", help="Deep network from the model zoo, instead of "
                                               "--method.")] = None,

@@ -624,6 +624,19 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
     }
 
 
+def default_choice_for(req: FuseRequest) -> Any:
+    """What ``fuse`` runs when neither a method nor a model is given, from the scene's headers:
+    sensor (``req.sensor``, product or file tags), band count, PAN/MS ratio and the product's band
+    names (:func:`pansharpen_cli.methods.default_choice`; reads manifests only, never imports torch)."""
+    import dataclasses
+
+    from .methods import default_choice
+
+    probe = plan_fuse(dataclasses.replace(req, method="wbrovey", method_options={}, resampling=None, out=None))
+    names = tuple(req.band_names) if req.band_names else None
+    return default_choice(probe.sensor.key, probe.bands, probe.alignment.cols.ratio, names)
+
+
 def info(pan: str | Path, ms: Sequence[str | Path], *, ratio: float | None = None,
          extent: str = "intersection") -> dict[str, Any]:
     """How a PAN/MS pair lines up (``pansharpen info``)."""
