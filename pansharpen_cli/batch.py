@@ -640,7 +640,26 @@ class _DaskRunner:
                                  fix="start workers: dask worker " + address) from None
             n = sum(self._client.nthreads().values())
         self.slots = jobs or max(1, n)
+        self.threads = self._threads_per_task()
         self._done = distributed.as_completed(loop=self._client.loop)
+
+    def _threads_per_task(self) -> int | None:
+        """Compute threads for each scene so that a host's CPUs are shared by the tasks it can run at
+        once (its workers' threads) instead of every task's GDAL/torch using all of them."""
+        try:
+            workers = self._client.scheduler_info()["workers"]
+            cpus = self._client.run(_worker_cpus)
+        except Exception:  # an old or restricted scheduler: leave the workers' defaults
+            return None
+        slots: dict[str, int] = {}
+        host_cpus: dict[str, int] = {}
+        for addr, w in workers.items():
+            host = str(w.get("host", addr))
+            slots[host] = slots.get(host, 0) + int(w.get("nthreads", 1))
+            if addr in cpus:
+                host_cpus[host] = int(cpus[addr])
+        per_host = [max(1, host_cpus[h] // max(1, s)) for h, s in slots.items() if h in host_cpus]
+        return min(per_host) if per_host else None
 
     def submit(self, task: dict[str, Any]) -> Any:
         fut = self._client.submit(run_scene, task, key=f"pansharpen-{task['id']}-{uuid.uuid4().hex[:8]}",
@@ -662,6 +681,14 @@ class _DaskRunner:
             if cancel:
                 self._client.cancel(list(self._done.futures))
             self._client.close()
+
+
+def _worker_cpus() -> int:
+    """CPUs of the process it runs in (sent to Dask workers with ``Client.run``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
 
 
 def cpu_count() -> int:
@@ -873,7 +900,7 @@ def run_batch(config: BatchConfig, *, on_event: EventCallback | None = None,
         runner: Any
         if config.scheduler:
             runner = _DaskRunner(config.scheduler, jobs)
-            threads = None
+            threads = runner.threads
         elif (jobs or 1) > 1 and (runnable := sum(s.error is None for s in to_run)) > 1:
             n_workers = min(jobs or 1, runnable)
             threads = max(1, cpu_count() // n_workers)
