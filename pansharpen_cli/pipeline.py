@@ -210,8 +210,9 @@ def plan_fuse(req: FuseRequest) -> FusePlan:
         names = [d or "" for d in descr] if any(descr) else []
     if len(names) != ms.count:
         names = sensor.band_names if sensor.key != "generic" else [f"Band {i + 1}" for i in range(ms.count)]
-    overlap = req.overlap if req.overlap is not None else (0 if method.receptive_field == 0 else
-                                                            2 * method.receptive_field)
+    # exact methods: the cropped context alone makes tiles exact, a cross-fade would only add work
+    # (FusionNet at tile 512: 17 % more pixels with a 20-px overlap)
+    overlap = req.overlap if req.overlap is not None else (0 if method.exact_tiles else 2 * method.receptive_field)
     tiles = plan_tiles(a.height, a.width, req.tile, min(overlap, req.tile - 1), method.receptive_field)
     return FusePlan(req, a, sensor, method, tiles, out_dtype, int(bits), src, pan_nodata, ms_nodata, out_nodata,
                     names, notices)

@@ -107,6 +107,10 @@ class Method:
     description: ClassVar[str] = ""
     #: pixels of context each side that the method needs for exact output (PAN pixels)
     receptive_field: int = 0
+    #: whether an output pixel depends only on inputs within ``receptive_field``: then cropping the
+    #: context makes every tile exact and neighbouring tiles need no cross-fade (default overlap
+    #: 0); methods using statistics of the whole tile say False (default overlap: twice the field)
+    exact_tiles: bool = True
     #: how the engine interpolates the MS onto the PAN grid for this method (``ms_up``):
     #: ``"23tap"`` (the toolbox's interpolator) or ``"cubic"`` (Keys; GDAL's default)
     resampling: str = "23tap"
