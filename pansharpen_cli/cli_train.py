@@ -10,7 +10,6 @@ import json
 import math
 import re
 import shlex
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -263,7 +262,16 @@ def _train(*, arch: str, out: Path, sensor: str, scenes: Sequence[str], extra_gi
     if last.get("val"):
         quality = {"protocol": "reduced-resolution (Wald)", "dataset": f"validation split ({val_split:g})",
                    "metrics": {k: round(v, 4) for k, v in last["val"].items()}}
-    cmd = "pansharpen " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "pansharpen train"
+    # the command as it would be typed again (from the options, not sys.argv: the same under a test
+    # runner, a script calling the CLI in-process or a shell)
+    src = (["--scenes", *scenes] if scenes else ["--h5", str(h5)] if h5 else ["--mat-dir", str(mat_dir)])
+    words = ["pansharpen", "train", "--arch", spec.name, "--sensor", sensor, *src, "-o", str(out)]
+    for opt, v in (("--ratio", ratio), ("--bands", bands), ("--bit-depth", bit_depth), ("--scale", scale),
+                   ("--steps-per-epoch", steps_per_epoch)):
+        if v is not None:
+            words += [opt, str(v)]
+    words += ["--val-split", f"{val_split:g}", "--gain-jitter", f"{gain_jitter:g}"]
+    cmd = " ".join(shlex.quote(str(w)) for w in words)
     recipe = f"{cmd}  (seed {seed}, epochs {epochs}, patch {patch}, batch {batch}, lr {lr:g})"
     entry = T.export_model(res.model, sf, name=name, arch=spec.name, band_names=band_names, sensor=sensor_key,
                            ratio=int(r), bit_depth=bits, scale=div, training_data=data_text, recipe=recipe,
