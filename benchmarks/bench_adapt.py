@@ -5,6 +5,17 @@ and produce the quality evidence of ``docs/adaptation.md``.
     python benchmarks/bench_adapt.py --mode swift --repeat 2
     python benchmarks/bench_adapt.py --evidence rr      # Wald reduced resolution on the WV2 scene
     python benchmarks/bench_adapt.py --evidence fr      # full resolution on the WV2 scene
+    python benchmarks/bench_adapt.py --size 4096        # `fuse` vs `fuse --adapt tailor`, 4096 x 4096 x 8
+
+Pipeline mode (``--size`` above 1024, or ``--pipeline``): the whole command, ``pansharpen fuse --model
+M --sensor WV2`` without and with ``--adapt tailor``, on a GeoTIFF scene of ``size`` x ``size`` PAN pixels
+(MS ``size/4`` squared x 8, uint16 11-bit, corner-aligned grids, synthetic georeference) made by mirror-tiling
+the real WorldView-2 scene of ``../shared`` (a synthetic 8-band scene without it) into ``--out``; the model
+is the DLPan WorldView-3 FusionNet imported into a private store there (a random-weight FusionNet without
+``../shared``). The runs alternate (plain, adapted, plain, ...), each a child process; the report gives
+wall times, the in-process seconds of each run (``--json``: ``seconds``, ``timings``, the adaptation's own
+``seconds``) and the load average before and after each run. The goal (issue #5): adaptation adds under
+10 % to plain inference.
 
 Scene: a 512 x 512 PAN crop of the real WorldView-2 scene of ``../shared`` (MS 128 x 128 x 8,
 11-bit, divided by 2047) with the DLPan WorldView-3 FusionNet; without ``../shared``, a synthetic
@@ -160,25 +171,133 @@ def evidence(scale: str, out_dir: Path, seeds: list[int]) -> None:
               + f" | {r.get('used_adapted', '')} | {j} | {r.get('adapt_seconds', r.get('seconds', ''))} |")
 
 
+def _pipeline_scene(size: int, out_dir: Path) -> tuple[Path, Path, str]:
+    """A ``size``^2 PAN and ``(size/4)``^2 x 8 MS GeoTIFF pair (cached in ``out_dir``)."""
+    import sys
+
+    import rasterio
+    from affine import Affine
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_scenes import _write_mirrored
+
+    wv2 = SHARED / "data" / "wv2-grip"
+    label = f"WorldView-2 GRIP mirror-tiled to {size}x{size} (MS {size // 4}^2 x 8)" if (wv2 / "pan.tif").is_file() \
+        else f"synthetic {size}x{size}x8 (../shared absent)"
+    pan_p, ms_p = out_dir / f"pan_{size}.tif", out_dir / f"ms_{size}.tif"
+    if pan_p.is_file() and ms_p.is_file():
+        return pan_p, ms_p, label
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (wv2 / "pan.tif").is_file():
+        with rasterio.open(wv2 / "pan.tif") as ds:
+            pan = ds.read()
+        with rasterio.open(wv2 / "ms.tif") as ds:
+            ms = ds.read()
+    else:
+        p, m, _ = _scene(1024)
+        pan = np.rint(p * 2047).astype(np.uint16)[None]
+        ms = np.rint(m * 2047).astype(np.uint16)
+    crs = rasterio.crs.CRS.from_epsg(32633)
+    pan_tr = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)
+    ms_tr = Affine(2.0, 0.0, 500_000.0, 0.0, -2.0, 5_000_000.0)
+    _write_mirrored(pan_p, pan.astype(np.uint16), size, pan_tr, crs, 512)
+    _write_mirrored(ms_p, ms.astype(np.uint16), size // 4, ms_tr, crs, 128)
+    return pan_p, ms_p, label
+
+
+def pipeline(args: argparse.Namespace) -> None:
+    """``pansharpen fuse`` with and without ``--adapt`` on a large scene (see the module docstring)."""
+    import subprocess
+    import sys
+
+    pan, ms, label = _pipeline_scene(args.size, args.out)
+    env = dict(os.environ, PANSHARPEN_HOME=str(args.out / "home"))
+    exe = str(Path(sys.executable).parent / "pansharpen")
+    model = "fusionnet.wv3"
+    listed = subprocess.run([exe, "models", "list"], capture_output=True, text=True, env=env).stdout
+    if model + " " not in listed:
+        if WV3_NET.is_file():
+            ckpt = WV3_NET
+        else:
+            from pansharpen_cli.models import build
+
+            torch.manual_seed(0)
+            ckpt = args.out / "WV3" / "fusionnet.pth"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(build("fusionnet", 8).state_dict(), ckpt)
+        subprocess.run([exe, "models", "import", str(ckpt), "--sensor", "WV3", "--name", model], check=True,
+                       capture_output=True, env=env)
+    net_label = "DLPan WV3 FusionNet" if WV3_NET.is_file() else "random-weight FusionNet"
+    base = [exe, "fuse", "--pan", str(pan), "--ms", str(ms), "--model", model, "--sensor", "WV2", "--quiet",
+            "--json", "--overwrite", "--threads", str(args.threads)]
+    variants = {"plain": [], f"adapt {args.mode}": ["--adapt", args.mode]}
+    if args.steps is not None:
+        variants[f"adapt {args.mode}"] += ["--adapt-steps", str(args.steps)]
+    runs: list[dict] = []
+    for i in range(args.repeat):
+        for name, extra in variants.items():
+            out = args.out / f"out_{args.size}_{name.replace(' ', '_')}.tif"
+            load0 = os.getloadavg()
+            t0 = time.perf_counter()
+            res = subprocess.run([*base, "-o", str(out), *extra], capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - t0
+            if res.returncode:
+                raise SystemExit(f"{name} failed: {res.stderr.strip()[-800:]}")
+            summary = json.loads(res.stdout)
+            ad = summary.get("adaptation") or {}
+            row = {"variant": name, "repeat": i + 1, "wall_s": round(wall, 3), "seconds": summary["seconds"],
+                   "compute_s": summary["timings"]["compute_s"], "setup_s": summary["timings"]["setup_s"],
+                   "adapt_s": (ad.get("seconds") or {}).get("total"), "adapt_seconds": ad.get("seconds"),
+                   "used_adapted": ad.get("used_adapted"), "patches": ad.get("patches"),
+                   "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()]}
+            runs.append(row)
+            print(json.dumps(row), flush=True)
+    by = {n: [r for r in runs if r["variant"] == n] for n in variants}
+    med = {n: statistics.median(r["seconds"] for r in rs) for n, rs in by.items()}
+    wmed = {n: statistics.median(r["wall_s"] for r in rs) for n, rs in by.items()}
+    plain, adapted = med["plain"], med[f"adapt {args.mode}"]
+    own = statistics.median(r["adapt_s"] for r in by[f"adapt {args.mode}"])
+    print()
+    print(f"scene: {label}; model: {net_label}; {args.threads} threads; {args.repeat} run(s) of each, alternating")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+          f"load average now {tuple(round(x, 2) for x in os.getloadavg())}")
+    for n in variants:
+        print(f"{n:>14}: fuse {med[n]:.2f} s in process (median), {wmed[n]:.2f} s wall")
+    print(f"adaptation (sampling + adapt, in the adapted run): {own:.2f} s = {100 * own / plain:.1f} % of plain "
+          f"inference; whole-run difference {adapted - plain:+.2f} s = {100 * (adapted - plain) / plain:+.1f} %")
+    if args.json:
+        args.json.write_text(json.dumps({"scene": label, "model": net_label, "runs": runs}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--mode", default="tailor", choices=A.MODES)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=None, help="runs (default 5; pipeline mode: 1 of each)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the runs here")
     ap.add_argument("--evidence", choices=("rr", "fr"), default=None,
                     help="quality evidence on the WV2 scene instead of timing (needs ../shared)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the tailor rows (evidence)")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/pansharpen-adapt"), help="evidence JSON folder")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/pansharpen-adapt"),
+                    help="evidence JSON folder; pipeline mode: scenes, outputs and the private model store")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="time `pansharpen fuse` with and without --adapt (default for --size above 1024)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pipeline or args.size > 1024:
+        if args.size % 4:
+            raise SystemExit("--size must be a multiple of 4")
+        args.repeat = args.repeat or 1
+        pipeline(args)
+        return
     if args.evidence:
         if not (WV2_MAT.is_file() and WV3_NET.is_file()):
             raise SystemExit(f"--evidence needs {WV2_MAT} and the DLPan checkpoints")
         evidence(args.evidence, args.out, args.seeds)
         return
+    args.repeat = args.repeat or 5
     pan, ms, scene_name = _scene(args.size)
     lms = interp23tap(ms, 4)
     net, net_name = _model()

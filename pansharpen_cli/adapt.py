@@ -92,6 +92,7 @@ __all__ = [
     "reproject_np",
     "default_weights",
     "load_adapter",
+    "load_adapter_bytes",
     "local_correlation",
     "patch_criterion",
     "patch_descriptor",
@@ -187,6 +188,9 @@ class Tailor(nn.Module):
     adapted network reproduces the base network exactly. ``seed`` fixes the other initial weights.
     """
 
+    #: pixels of context the tailor adds to the network's receptive field (its depthwise 3x3)
+    receptive_field: int = 1
+
     def __init__(self, channels: int, hidden: int = 32, *, seed: int = 0) -> None:
         super().__init__()
         if channels < 1 or hidden < 1:
@@ -246,6 +250,13 @@ class AdaptedModel(PansharpenNet):
         #: swift: which entries may differ from the reference (name -> bool tensor)
         self.masks: dict[str, Tensor] = {k: v.detach().clone() for k, v in (masks or {}).items()}
         self.meta: dict[str, Any] = dict(meta or {})
+
+    @property
+    def extra_receptive_field(self) -> int:
+        """Pixels of context the adaptation adds to the base network's receptive field (tailors,
+        nested adaptations included; ``swift``/``full`` add none)."""
+        own = self.tailor.receptive_field if self.tailor is not None else 0
+        return own + (self.base.extra_receptive_field if isinstance(self.base, AdaptedModel) else 0)
 
     def features(self, pan: Tensor, lms: Tensor | None, ms: Tensor | None) -> Tensor:
         return self.base.features(pan, lms, ms)
@@ -960,6 +971,27 @@ def load_adapter(base: PansharpenNet, path: str | Path, *, check_base: bool = Tr
     with safe_open(str(p), framework="pt", device="cpu") as fh:
         md = dict(fh.metadata() or {})
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    return _apply_adapter(base, md, tensors, str(p), check_base)
+
+
+def load_adapter_bytes(base: PansharpenNet, data: bytes, *, check_base: bool = True,
+                       where: str = "adapter") -> AdaptedModel:
+    """:func:`load_adapter` from the bytes of an adapter file (e.g. bytes whose SHA-256 was just
+    verified: nothing is read twice); ``where`` names the file in error messages."""
+    from safetensors.torch import load as st_load
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        md = dict(json.loads(data[8:8 + n].decode("utf-8")).get("__metadata__") or {})
+        tensors = st_load(data)
+    except Exception as exc:  # noqa: BLE001 - any malformed file is reported the same way
+        raise ValueError(f"{where}: not a valid safetensors file ({exc})") from None
+    return _apply_adapter(base, md, tensors, where, check_base)
+
+
+def _apply_adapter(base: PansharpenNet, md: dict[str, str], tensors: dict[str, Tensor], where: str,
+                   check_base: bool) -> AdaptedModel:
+    p = where
     if md.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{p}: not a pansharpen adapter (format {md.get('format')!r})")
     json_keys = set(json.loads(md.pop("json_keys", "[]")))
@@ -968,7 +1000,9 @@ def load_adapter(base: PansharpenNet, path: str | Path, *, check_base: bool = Tr
     if check_base and want and want != state_sha256(base):
         raise ValueError(f"{p}: the adapter was made for another base network "
                          f"(base_state_sha256 {want[:12]}... differs from this one's)")
-    mode = str(meta["mode"])
+    mode = str(meta.get("mode", ""))
+    if mode not in MODES:
+        raise ValueError(f"{p}: unknown adaptation mode {mode!r}")
     for k in ("format", "mode", "n_bands", "feat_channels", "hidden"):
         meta.pop(k, None)
     tensors.pop("empty", None)

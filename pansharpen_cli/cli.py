@@ -182,8 +182,10 @@ def fuse(
         "--ms", readable=False,
         help="MS GeoTIFF, or single-band files in band order (repeat --ms or separate with commas).")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output GeoTIFF/COG.")] = None,
-    method: Annotated[str | None, typer.Option("--method", "-m", help="Fusion method (see `pansharpen methods`).",
-                                               show_default="wbrovey")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", "-m", help="Fusion method (see `pansharpen methods`). Without --method and --model: the shipped "
+        "model that is the default for the scene's sensor and bands (`pansharpen models list`, 'default for'), "
+        "else bdsd-pc.", show_default="auto")] = None,
     sensor: Annotated[str | None, typer.Option("--sensor", "-s", help="Sensor preset (see `pansharpen sensors`).")]
     = None,
     tile: Annotated[int, typer.Option(help="Tile size in PAN pixels.")] = 512,
@@ -218,11 +220,38 @@ def fuse(
     = None,
     precision: Annotated[str | None, typer.Option(help="For --model: fp32, bf16 (CPUs with bf16 support, GPUs) "
                                                   "or fp16 (CUDA only).", show_default="fp32")] = None,
-    batch: Annotated[int | None, typer.Option(help="For --model: tiles per forward pass.", show_default="1")]
+    batch: Annotated[int | None, typer.Option(help="For --model: tiles per forward pass (default: 1 on the CPU, "
+                                              "from free GPU memory on CUDA).", show_default="auto")]
     = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the network (torch), GDAL decoding and "
+                                                "compression, and BLAS (default: all available cores).")] = None,
+    adapt: Annotated[str | None, typer.Option(
+        "--adapt", help="For a network: adapt it to this scene first, once (never per tile), without reference: "
+        "tailor (a small module before the last layer, about a second on a CPU), swift (the most sensitive 2% of "
+        "the weights) or full (every weight; slow). The original network is kept when the held-out check finds "
+        "no gain; a report goes to stderr, --json and the output's tags.")] = None,
+    adapt_steps: Annotated[int | None, typer.Option("--adapt-steps", help="For --adapt: optimisation steps "
+                                                    "(default: tailor 45, swift/full 20).")] = None,
+    adapt_patches: Annotated[int | None, typer.Option("--adapt-patches", help="For --adapt: patches (64 px) to "
+                                                      "adapt on, a quarter held out (default: 5% of the scene's "
+                                                      "windows, 8 to 12).")] = None,
+    adapt_lr: Annotated[float | None, typer.Option("--adapt-lr", help="For --adapt: learning rate (default: "
+                                                   "tailor 1e-2, swift 3e-3, full 3e-4).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="For --adapt: seed of the patch choice, split and "
+                                             "initialisation; the same seed gives the same output.",
+                                             show_default="0")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", readable=False, help="For --model: apply a saved "
+                                                 "adapter file (.safetensors) instead of adapting.")] = None,
 ) -> None:
     """Pansharpen a PAN/MS pair (or a product) into a georeferenced GeoTIFF or COG."""
     from .errors import UsageError
+
+    if threads is not None:  # before numpy/scipy/torch load their thread pools
+        if threads < 1:
+            raise UsageError(f"--threads {threads} must be at least 1")
+        from .runtime import set_threads
+
+        set_threads(threads)
     from .pipeline import FuseRequest, plan_fuse
     from .pipeline import fuse as run_fuse
     from .raster import parse_creation_options
@@ -237,18 +266,42 @@ def fuse(
         except ValueError:
             raise UsageError(f"--weights '{weights}' is not a list of numbers", fix="e.g. --weights 0.2,0.3,0.5") \
                 from None
-    notice = None if quiet else (lambda m: err.print(f"[yellow]note:[/] {_escape(m)}"))
-    fuse_method = _fuse_method(method, model, device, precision, batch, method_options, notice)
-    req = FuseRequest(pan=pan_p, ms=ms_p, out=out, method=fuse_method, method_options=method_options,
+    notice = None if quiet else (lambda m: err.print(f"[yellow]note:[/] {_escape(m)}", soft_wrap=True))
+    req = FuseRequest(pan=pan_p, ms=ms_p, out=out, method="wbrovey", method_options=method_options,
                       sensor=sensor or product_sensor, band_names=band_names, tile=tile, overlap=overlap,
                       extent=extent, bit_depth=bit_depth, nodata=nodata, dtype=dtype, fmt=of,
                       creation_options=parse_creation_options(co or []), overwrite=overwrite, ratio=ratio,
                       product_nodata=product_nodata, source=source, resampling=resampling)
+    if method is None and model is None and method_options:
+        method = "wbrovey"  # --weights are wbrovey's band weights: the user means wbrovey
+    adapt_opts = _adapt_options(adapt, adapt_steps, adapt_patches, adapt_lr, seed, adapter)
+    choice: dict[str, Any]
+    if method is None and model is None:
+        default = _default_choice(req, band_names)
+        adapt_given = _adapt_flags(adapt_opts)
+        if default.kind == "method" and (device is not None or precision is not None or batch is not None
+                                         or adapt_given):
+            given = ", ".join([f"--{k}" for k, v in (("device", device), ("precision", precision), ("batch", batch))
+                               if v is not None] + adapt_given)
+            raise UsageError(f"{given}: no shipped model is a default for this scene (the default is "
+                             f"{default.name}, a classical method)", fix="pass --model NAME (see `pansharpen "
+                             "models list`), or drop the network options")
+        if default.kind == "model":
+            model = default.name
+        else:
+            method = default.name
+        choice = default.to_dict()
+        if notice:
+            notice(default.notice())
+    else:
+        choice = {"name": model or method, "kind": "model" if model else "method",
+                  "source": "--model" if model else "--method", "reason": "given on the command line"}
+    req.method = _fuse_method(method, model, device, precision, batch, method_options, notice, threads, adapt_opts)
     if dry_run:
         plan = plan_fuse(req)
         if hasattr(plan.method, "check_scene"):  # a zoo network: do its bands and ratio fit the scene?
             plan.method.check_scene(plan.bands, plan.alignment.cols.ratio)
-        d = plan.to_dict()
+        d = {**plan.to_dict(), "method_choice": choice}
         if as_json:
             typer.echo(json.dumps(d, indent=2, default=str))
         else:
@@ -260,16 +313,35 @@ def fuse(
     finally:
         if close:
             close()
+    summary["method_choice"] = choice
+    adapt_report = getattr(req.method, "adapt_report", None)
+    if adapt_report is not None:
+        summary["adaptation"] = adapt_report
+        if not quiet:
+            from .scene_adapt import report_lines
+
+            err.print(_escape("\n".join(report_lines(adapt_report))), soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
     elif not quiet:
         err.print(f"wrote [bold]{_escape(str(out))}[/] ({summary['grid']['width']}x{summary['grid']['height']}, "
-                  f"{len(summary['bands'])} bands, {summary['dtype']}) in {summary['seconds']:.1f} s "
-                  f"({summary['mpx_per_s']} Mpx/s)")
+                  f"{len(summary['bands'])} bands, {summary['dtype']}) with {_escape(str(choice['name']))} in "
+                  f"{summary['seconds']:.1f} s ({summary['mpx_per_s']} Mpx/s)")
+
+
+def _default_choice(req: Any, band_names: Any) -> Any:
+    """What `fuse` runs without --method/--model (:func:`pansharpen_cli.methods.default_choice`), from the
+    scene's headers: sensor (option, product or tags), band count, PAN/MS ratio, product band names."""
+    import dataclasses
+
+    from .pipeline import default_choice_for
+
+    return default_choice_for(dataclasses.replace(req, band_names=band_names))
 
 
 def _fuse_method(method: str | None, model: str | None, device: str | None, precision: str | None,
-                 batch: int | None, method_options: dict[str, Any], notice: Callable[[str], None] | None) -> Any:
+                 batch: int | None, method_options: dict[str, Any], notice: Callable[[str], None] | None,
+                 threads: int | None = None, adapt_opts: dict[str, Any] | None = None) -> Any:
     """The method for `fuse`: a classical name, or a zoo network built here (torch only for --model)."""
     from . import zoo
     from .errors import UsageError
@@ -281,9 +353,10 @@ def _fuse_method(method: str | None, model: str | None, device: str | None, prec
     name = model if model is not None else (method or "wbrovey")
     net_opts = {k: v for k, v in (("device", device), ("precision", precision), ("batch", batch)) if v is not None}
     if model is None and (name.strip().lower() in {**METHODS, **HIDDEN} or not zoo.has_model(name)):
-        if net_opts:
-            verb = "applies" if len(net_opts) == 1 else "apply"
-            raise UsageError(", ".join(f"--{k}" for k in net_opts) + f" only {verb} to deep models, not to '{name}'",
+        flags = [f"--{k}" for k in net_opts] + _adapt_flags(adapt_opts or {})
+        if flags:
+            verb = "applies" if len(flags) == 1 else "apply"
+            raise UsageError(", ".join(flags) + f" only {verb} to deep models, not to '{name}'",
                              fix="pass --model NAME (see `pansharpen models list`)")
         return name  # a classical method (an unknown name is reported by get_method)
     if method_options:
@@ -292,7 +365,32 @@ def _fuse_method(method: str | None, model: str | None, device: str | None, prec
     entry = zoo.get_model(name)  # unknown --model: one line listing the installed models
     from .methods.network import NetworkMethod
 
-    return NetworkMethod(entry, notify=notice, **net_opts)
+    return NetworkMethod(entry, notify=notice, threads=threads, **net_opts, **(adapt_opts or {}))
+
+
+#: `fuse` adaptation options: NetworkMethod keyword -> command-line flag
+_ADAPT_FLAGS = {"adapt": "--adapt", "adapt_steps": "--adapt-steps", "adapt_patches": "--adapt-patches",
+                "adapt_lr": "--adapt-lr", "adapt_seed": "--seed", "adapter": "--adapter"}
+
+
+def _adapt_flags(opts: dict[str, Any]) -> list[str]:
+    return [_ADAPT_FLAGS[k] for k in _ADAPT_FLAGS if k in opts]
+
+
+def _adapt_options(adapt: str | None, steps: int | None, patches: int | None, lr: float | None, seed: int | None,
+                   adapter: Path | None) -> dict[str, Any]:
+    """`fuse`'s adaptation options as NetworkMethod keywords (only those given); usage errors for
+    options that need --adapt without it."""
+    from .errors import UsageError
+
+    opts = {k: v for k, v in (("adapt", adapt), ("adapt_steps", steps), ("adapt_patches", patches),
+                              ("adapt_lr", lr), ("adapt_seed", seed), ("adapter", adapter)) if v is not None}
+    if adapt is None:
+        need = [_ADAPT_FLAGS[k] for k in ("adapt_steps", "adapt_patches", "adapt_lr", "adapt_seed") if k in opts]
+        if need:
+            raise UsageError(f"{', '.join(need)} only {'applies' if len(need) == 1 else 'apply'} with --adapt",
+                             fix="add --adapt tailor (or swift, full)")
+    return opts
 
 
 def _print_plan(d: dict[str, Any]) -> None:
@@ -308,6 +406,8 @@ def _print_plan(d: dict[str, Any]) -> None:
     t.add_row("grid", f"{g['width']} x {g['height']} px, {g['crs']}, ratio {g['ratio'][0]:g}, extent {g['extent']}")
     t.add_row("transform", ", ".join(f"{v:g}" for v in g["transform"]))
     t.add_row("method", json.dumps(d["method"]))
+    if d.get("method_choice", {}).get("source") == "default":
+        t.add_row("chosen because", d["method_choice"]["reason"])
     t.add_row("sensor / bands", f"{d['sensor']}: {', '.join(d['bands'])}")
     t.add_row("radiometry", f"{d['dtype']}, {d['bit_depth']}-bit ({d['bit_depth_source']}), nodata {d['nodata']}")
     tl = d["tiles"]
@@ -393,9 +493,9 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on 
 
 def _register_command_modules() -> None:
     # Each command group lives in its own CLI module (they import nothing heavy at module level).
-    from . import cli_batch, cli_eval, cli_models, cli_train
+    from . import cli_adapt, cli_batch, cli_eval, cli_models, cli_train
 
-    for mod in (cli_batch, cli_eval, cli_models, cli_train):
+    for mod in (cli_adapt, cli_batch, cli_eval, cli_models, cli_train):
         mod.register(app)
 
 

@@ -88,7 +88,8 @@ class DefaultChoice:
 
 def default_choice(sensor: str | None, n_bands: int, ratio: float,
                    band_names: Sequence[str] | None = None) -> DefaultChoice:
-    """The default of ``pansharpen fuse`` for a scene: the shipped model flagged as the default for
+    """The default of ``pansharpen fuse`` for a scene: a model the user adapted to its sensor
+    (``pansharpen adapt``, ``zoo.adapted_model_for``), else the shipped model flagged as the default for
     its sensor, band set and ratio (``zoo.default_model_for``), else :data:`DEFAULT_CLASSICAL`
     (:data:`DEFAULT_LOW_RATIO` for ratios below 2). Reads manifests only: never imports torch.
 
@@ -101,6 +102,11 @@ def default_choice(sensor: str | None, n_bands: int, ratio: float,
     model = zoo.default_model_for(key, n_bands, ratio, band_names)
     bands = f"{n_bands} band{'s' if n_bands != 1 else ''}" + (f" {'/'.join(band_names)}" if band_names else "")
     scene = f"{key or 'an unknown sensor'}, {bands} at ratio {ratio:g}"
+    # a model the user adapted to this sensor (`pansharpen adapt`) wins over the shipped default
+    adapted = zoo.adapted_model_for(key, n_bands, ratio, band_names)
+    if adapted is not None:
+        return DefaultChoice(adapted.name, "model", f"adapted to {key} with `pansharpen adapt` from "
+                                                    f"{adapted.base_model}; --model or --method NAME for another")
     if model is not None:
         return DefaultChoice(model, "model", f"the shipped default for {scene}; --method NAME for a classical "
                                              "method")
