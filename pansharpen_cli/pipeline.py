@@ -573,8 +573,10 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
         # without overlap nothing is blended: tiles are converted to the output type on the pool
         per_tile = tiles.overlap == 0
         finalize = (lambda o: _to_output(o, plan, inplace=True)) if per_tile else None
-        asm = StripAssembler(tiles, plan.bands, dtype=np.dtype(plan.out_dtype)) if per_tile else \
-            StripAssembler(tiles, plan.bands + 1)
+        if per_tile:  # snapped last tiles still overlap: blended in float, rounded (tiling.blend_into)
+            asm = StripAssembler(tiles, plan.bands, dtype=np.dtype(plan.out_dtype), nodata=plan.out_nodata)
+        else:
+            asm = StripAssembler(tiles, plan.bands + 1)
         done = 0
         with OutputWriter(req.out, width=a.width, height=a.height, count=plan.bands, dtype=plan.out_dtype,
                           crs=a.pan.crs, transform=a.out_transform, nodata=plan.out_nodata, fmt=req.fmt,

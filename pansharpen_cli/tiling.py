@@ -122,10 +122,13 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int) -
                     tuple(tile_starts(height, tile, overlap)), tuple(tile_starts(width, tile, overlap)))
 
 
-def blend_into(dst: np.ndarray, src: np.ndarray, axis: int, overlap: int) -> None:
+def blend_into(dst: np.ndarray, src: np.ndarray, axis: int, overlap: int, nodata: float | None = None) -> None:
     """Blend the first ``overlap`` entries of ``src`` along ``axis`` onto the last of ``dst``.
 
-    ``dst`` is modified in place: ``dst + w * (src - dst)`` with ramp weights ``w``.
+    ``dst`` is modified in place: ``dst + w * (src - dst)`` with ramp weights ``w``. Integer arrays
+    (tiles already converted to the output type) are blended in floating point and rounded to the
+    nearest integer, so equal values stay exactly equal and the mix always lies between the two
+    (never wraps around); a mix that rounds onto ``nodata`` from two valid values keeps ``dst``'s.
     """
     if overlap <= 0:
         return
@@ -135,7 +138,14 @@ def blend_into(dst: np.ndarray, src: np.ndarray, axis: int, overlap: int) -> Non
     w = w.reshape(shape)
     a = np.take(dst, range(dst.shape[axis] - overlap, dst.shape[axis]), axis=axis)
     b = np.take(src, range(overlap), axis=axis)
-    mixed = a + w * (b - a)
+    if dst.dtype.kind in "uib":
+        af = a.astype(np.float64)
+        mixed = np.rint(af + w * (b.astype(np.float64) - af)).astype(dst.dtype)
+        if nodata is not None:
+            onto = (mixed == nodata) & (a != nodata) & (b != nodata)
+            mixed[onto] = a[onto]
+    else:
+        mixed = a + w * (b - a)
     idx = [slice(None)] * dst.ndim
     idx[axis] = slice(dst.shape[axis] - overlap, dst.shape[axis])
     dst[tuple(idx)] = mixed
@@ -149,10 +159,11 @@ class StripAssembler:
     ``(row_start, block)`` of canvas rows that are final.
     """
 
-    def __init__(self, plan: TilePlan, bands: int, dtype=np.float32):
+    def __init__(self, plan: TilePlan, bands: int, dtype=np.float32, nodata: float | None = None):
         self.plan = plan
         self.bands = bands
         self.dtype = dtype
+        self.nodata = nodata  # integer strips: the output nodata, which a blend never produces
         self._carry: np.ndarray | None = None
         self._next_row = 0
 
@@ -165,14 +176,14 @@ class StripAssembler:
             c0 = p.col_starts[j]
             n = max(prev_end - c0, 0)
             if n:
-                blend_into(strip[:, :, :prev_end], out[:, :, :n], axis=2, overlap=n)
+                blend_into(strip[:, :, :prev_end], out[:, :, :n], axis=2, overlap=n, nodata=self.nodata)
             strip[:, :, c0 + n:c0 + out.shape[2]] = out[:, :, n:]
             prev_end = c0 + out.shape[2]
         r0 = p.row_starts[i]
         if self._carry is not None:
             n = self._carry.shape[1]
             head = self._carry.copy()
-            blend_into(head, strip[:, :n], axis=1, overlap=n)
+            blend_into(head, strip[:, :n], axis=1, overlap=n, nodata=self.nodata)
             strip[:, :n] = head
         # rows final now: from the first row not yet emitted up to the next strip's start
         stop = p.row_starts[i + 1] if i + 1 < len(p.row_starts) else p.height

@@ -85,6 +85,14 @@ def test_tiling_does_not_change_the_output(home: Path, tmp_path: Path):
     assert np.abs(small - whole).max() < 0.5
 
 
+def test_default_overlap_follows_the_architecture(home: Path, tmp_path: Path):
+    """Convolutional nets are exact with cropped context (default overlap 0); ADWM's tile-wide
+    covariance weighting is not, and gets the cross-fade of twice its receptive field."""
+    local = NetworkMethod(add_random_model(tmp_path, "fusionnet", 4, "QB").name, device="cpu")
+    wide = NetworkMethod(add_random_model(tmp_path, "bwnet_fusionnet", 4, "QB").name, device="cpu")
+    assert local.exact_tiles and not wide.exact_tiles
+
+
 def test_fuse_tile_is_the_normalised_forward(home: Path, tmp_path: Path):
     e = add_random_model(tmp_path, "fusionnet", 4, "QB")
     m = NetworkMethod(e.name, device="cpu")

@@ -241,6 +241,10 @@ class NetworkMethod(Method):
         self._base_net = self.net
         #: the last adaptation's report (:func:`pansharpen_cli.scene_adapt.summarize`), or None
         self.adapt_report: dict[str, Any] | None = None
+        # a convolutional network's output pixel depends only on its receptive field: cropped context
+        # makes tiles exact (default overlap 0); tile-wide statistics (global pooling, attention over
+        # the tile) do not, and get the default cross-fade
+        self.exact_tiles = not spec.global_context
         if spec.global_context:
             self._notice(f"{entry.name} uses statistics of the whole tile: results depend on --tile; use large "
                          "tiles (e.g. --tile 1024)", send=False)
