@@ -79,6 +79,8 @@ class FuseOptions:
     overwrite: bool = False
     bands: str | None = None
     ratio: float | None = None
+    #: test-time adaptation of the scene's network (``tailor``, ``swift``, ``full``), once per scene
+    adapt: str | None = None
 
 
 @dataclass
@@ -108,6 +110,8 @@ class Scene:
     sensor: str | None = None
     method: str | None = None
     model: str | None = None
+    #: adaptation mode; None: inherit ``FuseOptions.adapt``; "": the manifest said no adaptation
+    adapt: str | None = None
     band_names: tuple[str, ...] | None = None
     product_nodata: float | None = None
     source: str | None = None
@@ -117,8 +121,9 @@ class Scene:
     def fingerprint(self, opts: FuseOptions) -> str:
         """A hash of everything that determines the output's bytes (not ``overwrite``, not threads)."""
         d = {"pan": str(self.pan), "ms": [str(p) for p in self.ms], "out": str(self.out), "sensor": self.sensor,
-             "method": self.method, "model": self.model, "band_names": self.band_names,
-             "product_nodata": self.product_nodata, "tile": opts.tile, "overlap": opts.overlap,
+             "method": self.method, "model": self.model, "adapt": self.adapt or None,
+             "band_names": self.band_names, "product_nodata": self.product_nodata, "tile": opts.tile,
+             "overlap": opts.overlap,
              "extent": opts.extent, "bit_depth": opts.bit_depth, "nodata": opts.nodata, "dtype": opts.dtype,
              "fmt": opts.fmt, "co": sorted(opts.creation_options.items()), "ratio": opts.ratio}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -241,13 +246,36 @@ def _text(row: _Row, key: str, path: Path) -> str | None:
     raise UsageError(f"{row.where}: '{key}' must be text", path=path)
 
 
+#: the adaptation modes of :mod:`pansharpen_cli.adapt` (kept here: that module imports torch)
+ADAPT_MODES = ("tailor", "swift", "full")
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def adapt_mode(value: object, *, where: str = "--adapt", path: Path | None = None) -> str:
+    """An ``adapt`` value as a mode: ``""`` for none (empty, no, false, 0, off, none), ``tailor``
+    for yes/true/1/on, else one of :data:`ADAPT_MODES`; anything else is a :class:`UsageError`."""
+    if value is None or value is False:
+        return ""
+    if value is True:
+        return "tailor"
+    v = str(value).strip().lower()
+    if v in _FALSE_WORDS:
+        return ""
+    if v in _TRUE_WORDS:
+        return "tailor"
+    if v in ADAPT_MODES:
+        return v
+    raise UsageError(f"{where}: unknown adaptation {value!r}", path=path,
+                     fix="use " + ", ".join(ADAPT_MODES) + " (yes means tailor), or leave it empty")
+
+
 def _adapt_value(row: _Row, path: Path) -> str | None:
-    """The ``adapt`` column. Test-time adaptation is not implemented yet: a set value is refused."""
+    """The ``adapt`` column: None when the cell is empty (the scene inherits ``--adapt``), ``""``
+    for an explicit no, else the mode."""
     v = row.values.get("adapt")
-    if v is None or v is False or str(v).strip().lower() in _FALSE_WORDS:
+    if v is None or (isinstance(v, str) and not v.strip()):
         return None
-    raise UsageError(f"{row.where}: test-time adaptation ('adapt' = {v!r}) is not available in pansharpen "
-                     f"{__version__}", path=path, fix="leave the adapt column empty")
+    return adapt_mode(v, where=f"{row.where}: 'adapt'", path=path)
 
 
 def _scene_from_row(row: _Row, path: Path, outdir: Path, opts: FuseOptions) -> Scene:
@@ -269,7 +297,7 @@ def _scene_from_row(row: _Row, path: Path, outdir: Path, opts: FuseOptions) -> S
     method, model = _text(row, "method", path), _text(row, "model", path)
     if method and model:
         raise UsageError(f"{row.where}: 'method' and 'model' are mutually exclusive", path=path)
-    _adapt_value(row, path)
+    adapt = _adapt_value(row, path)
     sensor = _text(row, "sensor", path)
     if sensor:
         from .sensors import get_sensor
@@ -278,7 +306,7 @@ def _scene_from_row(row: _Row, path: Path, outdir: Path, opts: FuseOptions) -> S
             sensor = get_sensor(sensor).key
         except UsageError as e:
             raise UsageError(f"{row.where}: {e.problem}", path=path, fix=e.fix) from None
-    sc = Scene(id="", out=Path(), origin=row.where, sensor=sensor, method=method, model=model)
+    sc = Scene(id="", out=Path(), origin=row.where, sensor=sensor, method=method, model=model, adapt=adapt)
     if scene_s:
         _resolve_into(sc, _abspath(scene_s, row.base), opts)
         stem = _scene_stem(_abspath(scene_s, row.base))
@@ -392,6 +420,8 @@ def plan_batch(config: BatchConfig) -> BatchPlan:
         sc.sensor = sc.sensor or opts.sensor
         if not sc.method and not sc.model:
             sc.method, sc.model = opts.method, opts.model
+        if sc.adapt is None:
+            sc.adapt = adapt_mode(opts.adapt)
     by_out: dict[str, Scene] = {}
     by_id: dict[str, Scene] = {}
     for sc in scenes:
@@ -419,7 +449,7 @@ def scene_task(sc: Scene, opts: FuseOptions, *, overwrite: bool, threads: int | 
     """The picklable, JSON-able description of one scene that :func:`run_scene` executes."""
     return {
         "id": sc.id, "pan": str(sc.pan), "ms": [str(p) for p in sc.ms], "out": str(sc.out),
-        "method": sc.method, "model": sc.model, "sensor": sc.sensor,
+        "method": sc.method, "model": sc.model, "adapt": sc.adapt or None, "sensor": sc.sensor,
         "band_names": list(sc.band_names) if sc.band_names else None, "product_nodata": sc.product_nodata,
         "source": sc.source, "tile": opts.tile, "overlap": opts.overlap, "extent": opts.extent,
         "bit_depth": opts.bit_depth, "nodata": opts.nodata, "dtype": opts.dtype, "fmt": opts.fmt,
@@ -499,15 +529,23 @@ def run_scene(task: dict[str, Any], *, progress: Callable[[Any], None] | None = 
             notices.append(choice.notice())
             res["method_choice"] = choice.to_dict()
             method_name, model = (None, choice.name) if choice.kind == "model" else (choice.name, None)
+        adapt = task.get("adapt") or None
         if model:
             from . import zoo
             from .methods.network import NetworkMethod
 
-            req.method = NetworkMethod(zoo.get_model(model), threads=threads, notify=notices.append)
+            req.method = NetworkMethod(zoo.get_model(model), threads=threads, notify=notices.append, adapt=adapt)
+        elif adapt:
+            raise UsageError(f"adapt '{adapt}' applies to deep models, and this scene's method is '{method_name}'",
+                             fix="give the scene a model (--model or the model column), or clear its adapt")
         else:
             req.method = method_name
         out.parent.mkdir(parents=True, exist_ok=True)
         summary = fuse(req, progress=progress, notice=notices.append)
+        report = getattr(req.method, "adapt_report", None)
+        if report is not None:  # what the adaptation did (`fuse --json`'s "adaptation", abridged)
+            keep = ("mode", "used_adapted", "reason", "seconds", "patches", "before", "after")
+            res["adaptation"] = {k: report.get(k) for k in keep if k in report}
         res.update(status="ok", mpx_per_s=summary.get("mpx_per_s"), megapixels=summary.get("megapixels"),
                    sha256=sha256_file(out))
     except PansharpenError as e:
@@ -825,7 +863,7 @@ def _entry(sc: Scene, status: str, res: dict[str, Any] | None = None, reason: st
             "megapixels": r.get("megapixels"), "sha256": r.get("sha256"),
             "pan": str(sc.pan) if sc.pan else None, "ms": [str(p) for p in sc.ms],
             "method": sc.model or sc.method or (r.get("method_choice") or {}).get("name") or "default",
-            "origin": sc.origin}
+            "origin": sc.origin, **({"adaptation": r["adaptation"]} if r.get("adaptation") else {})}
 
 
 def _decide(plan: BatchPlan, config: BatchConfig, journal: dict[str, list[dict[str, Any]]],

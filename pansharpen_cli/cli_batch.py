@@ -70,6 +70,9 @@ def batch(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that exist.")] = False,
     bands: Annotated[str | None, typer.Option(help="Landsat bands for the MS of products, e.g. 2,3,4,5.")] = None,
     ratio: Annotated[float | None, typer.Option(help="PAN/MS ratio for inputs without georeferencing.")] = None,
+    adapt: Annotated[str | None, typer.Option("--adapt", help="Adapt each scene's network to that scene first "
+                                              "(tailor, swift or full; as `fuse --adapt`). A manifest's adapt "
+                                              "column overrides it per scene.")] = None,
 ) -> None:
     args = dict(locals())
     from .cli import handle_errors
@@ -81,15 +84,15 @@ def _batch(*, inputs: list[str], outdir: Path, jobs: int | None, scheduler: str 
            skip_existing: bool, continue_on_error: bool, as_json: bool, quiet: bool, method: str | None,
            model: str | None, sensor: str | None, tile: int, overlap: int | None, extent: str, bit_depth: int | None,
            nodata: float | None, dtype: str | None, of: str, co: list[str] | None, overwrite: bool,
-           bands: str | None, ratio: float | None) -> None:
-    from .batch import BatchConfig, FuseOptions, plan_batch, run_batch
+           bands: str | None, ratio: float | None, adapt: str | None) -> None:
+    from .batch import BatchConfig, FuseOptions, adapt_mode, plan_batch, run_batch
     from .cli import _escape, _progress_ui, err
     from .raster import parse_creation_options
 
     opts = FuseOptions(method=method, model=model, sensor=sensor, tile=tile, overlap=overlap, extent=extent,
                        bit_depth=bit_depth, nodata=nodata, dtype=dtype, fmt=of,
                        creation_options=parse_creation_options(co or []), overwrite=overwrite, bands=bands,
-                       ratio=ratio)
+                       ratio=ratio, adapt=adapt_mode(adapt) or None)
     config = BatchConfig(inputs=inputs, outdir=outdir, options=opts, jobs=jobs, scheduler=scheduler, resume=resume,
                          skip_existing=skip_existing, continue_on_error=continue_on_error)
     plan = plan_batch(config)

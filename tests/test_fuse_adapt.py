@@ -421,3 +421,54 @@ def test_wv3_network_adapted_on_the_real_wv2_scene(home: Path, tmp_path: Path, s
     for key in ("D_lambda_K", "D_s", "D_rho", "R_ERGAS"):
         assert a[key] < b[key], (key, b[key], a[key])
     assert a["R_Q2n"] > b["R_Q2n"]
+
+
+def test_batch_adapt_column_and_option(model: zoo.ModelEntry, tmp_path: Path):
+    """`batch`: the manifest's adapt column (and `--adapt` for every scene) adapts each scene's
+    network as `fuse --adapt` does; a classical scene with adapt set fails alone, in one line."""
+    from pansharpen_cli import cli_batch
+    from pansharpen_cli.cli import app
+
+    if not any(c.name == "batch" for c in app.registered_commands):
+        cli_batch.register(app)
+    d = tmp_path / "in"
+    for i in range(2):
+        (d / f"s{i}").mkdir(parents=True)
+        make_pair(d / f"s{i}", ratio=4, size=256, row=40 + 60 * i, col=50 + 70 * i)
+    rows = ["pan,ms,out,model,method,adapt",
+            f"s0/pan.tif,s0/ms.tif,a.tif,{model.name},,tailor",
+            f"s1/pan.tif,s1/ms.tif,b.tif,{model.name},,",
+            "s0/pan.tif,s0/ms.tif,c.tif,,brovey,yes"]
+    (d / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["batch", str(d / "list.csv"), "-o", str(out), "--sensor", "QB",
+                                   "--continue-on-error", "--json", "-q"])
+    assert res.exit_code == 1, res.output
+    rep = {s["id"]: s for s in json.loads(res.stdout)["scenes"]}
+    assert rep["a.tif"]["status"] == "ok" and rep["a.tif"]["adaptation"]["mode"] == "tailor"
+    assert rep["b.tif"]["status"] == "ok" and "adaptation" not in rep["b.tif"]
+    assert rep["c.tif"]["status"] == "failed" and "applies to deep models" in rep["c.tif"]["error"]
+    assert not (out / "c.tif").exists()
+    assert read(out / "a.tif")[1]["PANSHARPEN_ADAPT_MODE"] == "tailor"
+    assert "PANSHARPEN_ADAPT_MODE" not in read(out / "b.tif")[1]
+    # --adapt for every scene; the column's "no" turns it off for one
+    (d / "two.csv").write_text("pan,ms,out,adapt\ns0/pan.tif,s0/ms.tif,a.tif,\ns1/pan.tif,s1/ms.tif,b.tif,no\n")
+    out2 = tmp_path / "out2"
+    res = CliRunner().invoke(app, ["batch", str(d / "two.csv"), "-o", str(out2), "--sensor", "QB", "--model",
+                                   model.name, "--adapt", "tailor", "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    rep = {s["id"]: s for s in json.loads(res.stdout)["scenes"]}
+    assert "adaptation" in rep["a.tif"] and "adaptation" not in rep["b.tif"]
+    # unknown values are usage errors before anything runs
+    (d / "bad.csv").write_text("pan,ms,adapt\ns0/pan.tif,s0/ms.tif,maybe\n")
+    res = CliRunner().invoke(app, ["batch", str(d / "bad.csv"), "-o", str(tmp_path / "out3")])
+    assert res.exit_code == 2 and "unknown adaptation 'maybe'" in res.stderr
+    assert not (tmp_path / "out3").exists()
+    res = CliRunner().invoke(app, ["batch", str(d / "two.csv"), "-o", str(tmp_path / "out3"), "--adapt", "fast"])
+    assert res.exit_code == 2 and "unknown adaptation 'fast'" in res.stderr
+
+
+def test_batch_adapt_modes_match_the_library():
+    from pansharpen_cli.batch import ADAPT_MODES
+
+    assert ADAPT_MODES == A.MODES
