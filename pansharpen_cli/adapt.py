@@ -263,7 +263,10 @@ class AdaptedModel(PansharpenNet):
 
     def head(self, feat: Tensor, pan: Tensor, lms: Tensor | None, ms: Tensor | None) -> Tensor:
         if self.tailor is not None:
-            feat = feat + self.tailor(feat)
+            t = self.tailor(feat)
+            # inference: add into the tailor's fresh output (one feature map less to allocate and
+            # fill per tile; the same bits, addition being commutative)
+            feat = t.add_(feat) if not torch.is_grad_enabled() else feat + t
         return self.base.head(feat, pan, lms, ms)
 
     def adapter_state_dict(self) -> dict[str, Tensor]:
