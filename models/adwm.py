@@ -253,6 +253,7 @@ class BWNet(PansharpenNet):
     """
 
     input_convention = "lr"
+    head_conv = "to_output.0"
 
     def __init__(
         self,

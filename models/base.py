@@ -94,6 +94,11 @@ class PansharpenNet(nn.Module):
     feat_channels: int
     ratio: int = 4
     input_convention: InputConvention = "lms"
+    #: dotted name of the ``nn.Conv2d`` through which :meth:`features` enters :meth:`head`, when
+    #: nothing else in the head reads the features (``head(feat) = conv(feat) + ...``): a linear
+    #: adaptation of the features can then be folded into that convolution's weights. None: no such
+    #: convolution.
+    head_conv: str | None = None
 
     def features(self, pan: Tensor, lms: Tensor | None, ms: Tensor | None) -> Tensor:
         """The tensor that enters the final channel-mapping layer, ``(N, feat_channels, H, W)``."""

@@ -24,6 +24,7 @@ class DiCNN(PansharpenNet):
     """DiCNN1 (``conv1``, ``conv2``, ``conv3``)."""
 
     input_convention = "lms"
+    head_conv = "conv3"
 
     def __init__(self, n_bands: int, channels: int = 64) -> None:
         super().__init__()

@@ -35,6 +35,7 @@ class DRPNN(PansharpenNet):
     """DRPNN (``conv1``, ``backbone.{0..7}.conv2``, ``conv2``, ``conv3``)."""
 
     input_convention = "lms"
+    head_conv = "conv3"
 
     def __init__(self, n_bands: int, channels: int = 32, n_blocks: int = 8) -> None:
         super().__init__()

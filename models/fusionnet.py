@@ -39,6 +39,7 @@ class FusionNet(PansharpenNet):
     """FusionNet (``conv1``, ``backbone.{0..3}.conv20/conv21``, ``conv3``)."""
 
     input_convention = "lms"
+    head_conv = "conv3"
 
     def __init__(self, n_bands: int, channels: int = 32, n_blocks: int = 4) -> None:
         super().__init__()

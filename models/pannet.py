@@ -29,6 +29,7 @@ class PanNet(PansharpenNet):
     """PanNet (``deconv``, ``conv1``, ``backbone.{0..3}.conv20/conv21``, ``conv3``)."""
 
     input_convention = "highpass"
+    head_conv = "conv3"
 
     def __init__(self, n_bands: int, channels: int = 32, n_blocks: int = 4, ratio: int = 4) -> None:
         super().__init__()

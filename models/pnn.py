@@ -28,6 +28,7 @@ class PNN(PansharpenNet):
     """PNN with the DLPan-Toolbox state-dict layout (``conv1``, ``conv2``, ``conv3``)."""
 
     input_convention = "lms"
+    head_conv = "conv3"
 
     def __init__(self, n_bands: int, channels: int = 64, mid_channels: int = 32) -> None:
         super().__init__()

@@ -231,12 +231,12 @@ def fuse(
         "the weights) or full (every weight; slow). The original network is kept when the held-out check finds "
         "no gain; a report goes to stderr, --json and the output's tags.")] = None,
     adapt_steps: Annotated[int | None, typer.Option("--adapt-steps", help="For --adapt: optimisation steps "
-                                                    "(default: tailor 45, swift/full 20).")] = None,
+                                                    "(default: tailor 100, swift/full 20).")] = None,
     adapt_patches: Annotated[int | None, typer.Option("--adapt-patches", help="For --adapt: patches (64 px) to "
                                                       "adapt on, a quarter held out (default: 5% of the scene's "
                                                       "windows, 8 to 12).")] = None,
     adapt_lr: Annotated[float | None, typer.Option("--adapt-lr", help="For --adapt: learning rate (default: "
-                                                   "tailor 1e-2, swift 3e-3, full 3e-4).")] = None,
+                                                   "tailor 2e-2, swift 3e-3, full 3e-4).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="For --adapt: seed of the patch choice, split and "
                                              "initialisation; the same seed gives the same output.",
                                              show_default="0")] = None,

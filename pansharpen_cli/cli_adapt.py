@@ -40,9 +40,9 @@ def adapt_cmd(
                                              show_default="<model>+<sensor>")] = None,
     patches: Annotated[int | None, typer.Option("--patches", help="Patches (64 px) over all scenes, a quarter held "
                                                 "out (default: 5% of the scenes' windows, 8 to 24).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Optimisation steps (default: tailor 45, swift/full "
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimisation steps (default: tailor 100, swift/full "
                                               "20).")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: tailor 1e-2, swift 3e-3, full "
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: tailor 2e-2, swift 3e-3, full "
                                              "3e-4).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the patch choice, split and initialisation.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a user model of the same name.")] = False,

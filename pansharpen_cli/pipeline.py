@@ -311,6 +311,10 @@ class _Engine:
     def inputs(self, w: Window) -> TileInput:
         return self._compute(self._read(w))
 
+    def pan(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The PAN under canvas window ``w``: (h, w) float32 and validity (``inputs(w).pan``)."""
+        return self.reader.read_pan(w)
+
     def _lr_index(self, w: Window) -> tuple[tuple[int, int], tuple[int, int]] | None:
         """LR index ranges covered exactly by ``w`` (each MS pixel by ``ratio`` x ``ratio`` pixels)."""
         if not self.ratio:

@@ -102,6 +102,81 @@ def test_the_tailor_point_is_exact_for_every_architecture(arch):
         assert torch.equal(adapted(pan, lms_in, ms_in), net(pan, lms_in, ms_in))
 
 
+def _random_tailor(channels: int, kind: str = "linear", seed: int = 0) -> A.Tailor:
+    t = A.Tailor(channels, 8, seed=seed, kind=kind)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        t.project.weight.copy_(torch.randn(t.project.weight.shape, generator=g) * 0.2)
+        t.project.bias.copy_(torch.randn(t.project.bias.shape, generator=g) * 0.2)
+        t.expand.bias.copy_(torch.randn(t.expand.bias.shape, generator=g) * 0.2)
+    return t
+
+
+@pytest.mark.parametrize("arch", ["fusionnet", "pannet", "dicnn", "drpnn", "pnn", "bwnet_fusionnet"])
+def test_linear_tailor_is_folded_into_the_head_exactly(arch):
+    """Inference folds feat + tailor(feat) = M feat + c into the head convolution: the same output
+    as the unfolded graph everywhere, the zero-padded rim included, at the base network's cost."""
+    from pansharpen_cli.models import ARCHITECTURES
+
+    torch.manual_seed(0)
+    net = build(arch, 4).eval()
+    conv = ARCHITECTURES[arch].input_convention
+    pan, lms, ms = torch.rand(2, 1, 40, 36), torch.rand(2, 4, 40, 36), torch.rand(2, 4, 10, 9)
+    lms_in, ms_in = (None if conv == "lr" else lms), (None if conv == "lms" else ms)
+    adapted = A.AdaptedModel(net, _random_tailor(net.feat_channels)).eval()
+    with torch.no_grad():
+        feat = net.features(pan, lms_in, ms_in)
+        reference = net.head(feat + adapted.tailor(feat), pan, lms_in, ms_in)
+        assert adapted.folded_base() is not None
+        folded = adapted(pan, lms_in, ms_in)
+    assert not torch.equal(reference, net(pan, lms_in, ms_in))  # the tailor does something
+    scale = float(reference.abs().max())
+    assert float((folded - reference).abs().max()) < 1e-5 * max(scale, 1.0)
+    # the fold follows the tailor's weights
+    with torch.no_grad():
+        adapted.tailor.project.bias.add_(0.5)
+        moved = adapted(pan, lms_in, ms_in)
+        ref2 = net.head(feat + adapted.tailor(feat), pan, lms_in, ms_in)
+    assert float((moved - ref2).abs().max()) < 1e-5 * max(float(ref2.abs().max()), 1.0)
+
+
+@pytest.mark.parametrize("arch,kind", [("msdcnn", "linear"), ("premix", "linear"), ("bwnet_lagconv", "linear"),
+                                       ("fusionnet", "mlp")])
+def test_tailors_that_cannot_be_folded_run_unfolded(arch, kind):
+    from pansharpen_cli.models import ARCHITECTURES
+
+    torch.manual_seed(0)
+    net = build(arch, 4).eval()
+    conv = ARCHITECTURES[arch].input_convention
+    pan, lms, ms = torch.rand(1, 1, 32, 32), torch.rand(1, 4, 32, 32), torch.rand(1, 4, 8, 8)
+    lms_in, ms_in = (None if conv == "lr" else lms), (None if conv == "lms" else ms)
+    adapted = A.AdaptedModel(net, _random_tailor(net.feat_channels, kind)).eval()
+    with torch.no_grad():
+        assert adapted.folded_base() is None
+        feat = net.features(pan, lms_in, ms_in)
+        reference = net.head(feat + adapted.tailor(feat), pan, lms_in, ms_in)
+        assert torch.allclose(adapted(pan, lms_in, ms_in), reference, rtol=1e-6, atol=1e-6)
+    assert adapted.tailor.receptive_field == (1 if kind == "mlp" else 0)
+
+
+def test_adapter_files_keep_the_tailor_kind(tmp_path: Path):
+    from safetensors.torch import save_file
+
+    net = _toy_net()
+    for kind in A.TAILOR_KINDS:
+        a = A.AdaptedModel(net, _random_tailor(net.feat_channels, kind),
+                           meta={"base_state_sha256": A.state_sha256(net)})
+        back = A.load_adapter(net, A.save_adapter(a, tmp_path / f"{kind}.safetensors"))
+        assert back.tailor.kind == kind and back.tailor.hidden == 8
+        assert all(torch.equal(x, y) for x, y in zip(back.tailor.state_dict().values(),
+                                                     a.tailor.state_dict().values(), strict=True))
+    # files written before the linear tailor existed have no tailor_kind: they are mlp tailors
+    a = A.AdaptedModel(net, _random_tailor(net.feat_channels, "mlp"))
+    md = {"format": A.ADAPTER_FORMAT, "mode": "tailor", "hidden": "8", "base_state_sha256": ""}
+    save_file(a.adapter_state_dict(), str(tmp_path / "old.safetensors"), metadata=md)
+    assert A.load_adapter(net, tmp_path / "old.safetensors").tailor.kind == "mlp"
+
+
 def test_tailor_is_small():
     t = A.Tailor(32, 16)
     assert sum(p.numel() for p in t.parameters()) < 2000
@@ -362,3 +437,28 @@ def test_wv3_fusionnet_adapted_to_a_wv2_scene_at_reduced_resolution():
     q2, e2 = score(wv2)
     q3, e3 = score(res2.model)
     assert q3 > q2 - 0.002 and e3 < e2 * 1.01
+
+
+def test_window_sums_have_the_adjoint_backward():
+    a = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: A._BoxSum.apply(x, 4), (a,))
+    b = a.detach().clone().requires_grad_(True)
+    (A._box(a, 3) ** 2).sum().backward()
+    (A._box_sum(b, 3) ** 2 / 81).sum().backward()  # autograd through the slices
+    assert torch.allclose(a.grad, b.grad)
+
+
+def test_minibatches_cycle_through_the_training_patches(scene):
+    net = _toy_net()
+    patches = _patches(scene)
+    full = A.adapt(net, patches, "QB", R, steps=6, seed=0, minibatch=None)
+    mini = A.adapt(net, patches, "QB", R, steps=6, seed=0, minibatch=1)
+    again = A.adapt(net, patches, "QB", R, steps=6, seed=0, minibatch=1)
+    assert full.report["minibatch"] is None and mini.report["minibatch"] == 1
+    n = full.report["n_train"]
+    assert A.adapt(net, patches, "QB", R, steps=1, seed=0).report["minibatch"] == -(-n // A.DEFAULT_GROUPS["tailor"])
+    # one patch per step: the step losses are those of single patches, not of the whole set
+    lf = [s["total"] for s in full.report["losses"]]
+    lm = [s["total"] for s in mini.report["losses"]]
+    assert lf != lm
+    assert lm == [s["total"] for s in again.report["losses"]]  # deterministic

@@ -159,6 +159,7 @@ class _Spy(Method):
         self.misaligned = w.lr_aligned(Window(9, 12, 16, 32))
         self.lr, self.lr_valid = w.ms_lr(Window(8, 12, 16, 32))
         self.tile = w.inputs(Window(8, 12, 16, 32))
+        self.pan = w.pan(Window(8, 12, 16, 32))
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         return tile.ms_up
@@ -175,6 +176,9 @@ def test_methods_read_scene_windows_while_fitted(tmp_path: Path) -> None:
     ms = read(ms_p).astype(np.float32)
     assert np.array_equal(spy.lr, ms[:, 2:6, 3:11]) and spy.lr_valid.all()
     assert spy.tile.pan.shape == (16, 32) and spy.tile.ms_up.shape == (4, 16, 32)
+    # the PAN alone (screening reads) is exactly what the tile gets
+    assert np.array_equal(spy.pan[0], spy.tile.pan) and spy.pan[1].all()
+    assert np.array_equal(spy.pan[0], read(pan_p)[0, 8:24, 12:44].astype(np.float32))
     with pytest.raises(ValueError, match="MS pixels"):
         spy.scene.windows.ms_lr(Window(9, 12, 16, 32))
 

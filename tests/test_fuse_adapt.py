@@ -167,11 +167,12 @@ def test_adapt_on_toolbox_phase_arrays_and_saved_adapters(model: zoo.ModelEntry,
 
 
 def test_adapted_output_does_not_depend_on_the_tile(model: zoo.ModelEntry):
-    """The tailor's depthwise 3x3 widens the receptive field by one pixel: tiles get that much more
-    context, so tiled output equals whole-image output (no seams)."""
+    """A tailor widens the receptive field by its own (0 for the default linear one, folded into
+    the head; 1 for the mlp kind): tiles get that much more context, so tiled output equals
+    whole-image output (no seams)."""
     plain = NetworkMethod(model.name, device="cpu")
     m = NetworkMethod(model.name, device="cpu", adapt="tailor", adapt_steps=10)
-    assert m.receptive_field == plain.receptive_field + A.Tailor.receptive_field
+    assert m.receptive_field == plain.receptive_field + A.tailor_receptive_field(A.DEFAULT_TAILOR)
     rng = np.random.default_rng(3)
     from scipy.ndimage import gaussian_filter
 
@@ -287,7 +288,7 @@ def test_pansharpen_adapt_registers_a_default_model(model: zoo.ModelEntry, pair:
     net, spec, entry = zoo.load_network(name)
     assert isinstance(net, A.AdaptedModel) and spec.name == "fusionnet" and entry.name == name
     rf = NetworkMethod(model.name, device="cpu").receptive_field
-    assert NetworkMethod(name, device="cpu").receptive_field == rf + 1  # the tailor's 3x3
+    assert NetworkMethod(name, device="cpu").receptive_field == rf + A.tailor_receptive_field(A.DEFAULT_TAILOR)
     # fuse --sensor QB without --model now runs it
     assert default_choice("QB", 4, 4.0).name == name
     assert default_choice("WV2", 4, 4.0).name != name

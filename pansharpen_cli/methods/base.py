@@ -29,11 +29,12 @@ class SceneWindows(Protocol):
 
     ``inputs(w)`` gives exactly what a tile over ``w`` gets (PAN, interpolated MS, validity), so
     anything estimated on these windows (regressions, test-time adaptation) sees the inference
-    inputs. ``ms_lr(w)`` gives the MS at its own resolution under ``w``: (B, h/r, w/r) values and
-    validity; ``w`` must start and end on MS pixel boundaries (:meth:`lr_aligned`), integer ratios
-    only. ``phase`` says where MS pixel centres fall on the PAN grid: ``"corner"`` (corner-aligned
-    grids, VHR and Landsat products), ``"toolbox"`` (MS pixel ``k`` centred on PAN pixel
-    ``r*k + r//2``, Wald-degraded pairs) or ``"other"``.
+    inputs. ``pan(w)`` is the PAN part alone (values, validity), without the MS interpolation:
+    cheap, for screening many windows. ``ms_lr(w)`` gives the MS at its own resolution under
+    ``w``: (B, h/r, w/r) values and validity; ``w`` must start and end on MS pixel boundaries
+    (:meth:`lr_aligned`), integer ratios only. ``phase`` says where MS pixel centres fall on the
+    PAN grid: ``"corner"`` (corner-aligned grids, VHR and Landsat products), ``"toolbox"`` (MS
+    pixel ``k`` centred on PAN pixel ``r*k + r//2``, Wald-degraded pairs) or ``"other"``.
     """
 
     height: int
@@ -42,6 +43,8 @@ class SceneWindows(Protocol):
     phase: str
 
     def inputs(self, w: Window) -> TileInput: ...
+
+    def pan(self, w: Window) -> tuple[np.ndarray, np.ndarray]: ...
 
     def ms_lr(self, w: Window) -> tuple[np.ndarray, np.ndarray]: ...
 

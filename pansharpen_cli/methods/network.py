@@ -233,9 +233,9 @@ class NetworkMethod(Method):
         # tiles are planned) sees further than its base: tiles need that much more context to agree
         extra = getattr(self.net, "extra_receptive_field", 0)
         if self.adapt_mode == "tailor":
-            from ..adapt import Tailor
+            from ..adapt import DEFAULT_TAILOR, tailor_receptive_field
 
-            extra += Tailor.receptive_field
+            extra += tailor_receptive_field(DEFAULT_TAILOR)
         self.receptive_field += int(extra)
         #: the network every scene's adaptation starts from (never the previous scene's adaptation)
         self._base_net = self.net
