@@ -5,6 +5,7 @@ and produce the quality evidence of ``docs/adaptation.md``.
     python benchmarks/bench_adapt.py --mode swift --repeat 2
     python benchmarks/bench_adapt.py --evidence rr      # Wald reduced resolution on the WV2 scene
     python benchmarks/bench_adapt.py --evidence fr      # full resolution on the WV2 scene
+    python benchmarks/bench_adapt.py --evidence tool    # the same through `pansharpen fuse` + `eval`
     python benchmarks/bench_adapt.py --size 4096        # `fuse` vs `fuse --adapt tailor`, 4096 x 4096 x 8
 
 Pipeline mode (``--size`` above 1024, or ``--pipeline``): the whole command, ``pansharpen fuse --model
@@ -34,6 +35,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +88,7 @@ def _forward(net: torch.nn.Module, pan: np.ndarray, lms: np.ndarray) -> np.ndarr
         return net(_t(pan[None]), _t(lms), None)[0].numpy().astype(np.float64)
 
 
-def evidence(scale: str, out_dir: Path, seeds: list[int]) -> None:
+def evidence(scale: str, out_dir: Path, seeds: list[int], nets: Sequence[str] = ("WV3", "WV2")) -> None:
     """Before/after table on the real WorldView-2 scene (needs ../shared).
 
     ``rr``: Wald's protocol (PAN 320^2, MS 80^2 x 8 after degradation; scores Q8/SAM/ERGAS against
@@ -141,11 +143,18 @@ def evidence(scale: str, out_dir: Path, seeds: list[int]) -> None:
         configs += [("tailor, spatial_target=scale (ablation)",
                      {"weights": A.LossWeights(spatial_target="scale")}, {}),
                     ("tailor + Wald term (ablation)", {"weights": A.LossWeights(wald=1.0)}, {"reduced": 4})]
-    for w in ("WV3", "WV2"):
-        net = load_model(SHARED / "weights" / "dlpan" / w / "fusionnet.pth")[0]
+    for w in nets:
+        if w in ("WV3", "WV2"):
+            net = load_model(SHARED / "weights" / "dlpan" / w / "fusionnet.pth")[0]
+            name, cfgs = f"FusionNet {w}", configs
+        else:  # a model shipped by this project (trained on simulated VHR from Sentinel-2): tailor only
+            from pansharpen_cli import zoo
+
+            net = zoo.load_network(w)[0].eval()
+            name, cfgs = w, configs[:1]
         base = _forward(net, pan_in / k, lms / k) * k
-        add(f"FusionNet {w}", base)
-        for label, kw, pk in configs:
+        add(name, base)
+        for label, kw, pk in cfgs:
             for seed in (seeds if label == "tailor" else seeds[:1]):
                 patches = A.sample_patches_from_arrays(pan_in / k, ms_in / k, lms / k, 4, sensor="WV2", seed=seed,
                                                        **pk)
@@ -158,11 +167,11 @@ def evidence(scale: str, out_dir: Path, seeds: list[int]) -> None:
                         "adapt_seconds": round(dt, 2), "n_patches": len(patches)}
                 cand = _forward(res.candidate, pan_in / k, lms / k) * k
                 if res.used_adapted:
-                    add(f"FusionNet {w} + {label}", cand, **info)
+                    add(f"{name} + {label}", cand, **info)
                 else:  # the returned model is the base: show what the rejected candidate would have given
-                    add(f"FusionNet {w} + {label} (rejected candidate)", cand, **info)
+                    add(f"{name} + {label} (rejected candidate)", cand, **info)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"evidence_{scale}.json").write_text(json.dumps(rows, indent=1))
+    (out_dir / f"evidence_{scale}_{'-'.join(nets)}.json").write_text(json.dumps(rows, indent=1))
     keys = [k_ for k_ in rows[0] if k_ != "method"]
     print("\n| method | " + " | ".join(keys) + " | adapted | held-out J | s |")
     print("|---" * (len(keys) + 4) + "|")
@@ -170,6 +179,56 @@ def evidence(scale: str, out_dir: Path, seeds: list[int]) -> None:
         j = f"{r['J_before']:.3f} -> {r['J_after']:.3f}" if r.get("J_before") is not None else ""
         print(f"| {r['method']} | " + " | ".join(f"{r[k_]:.4f}" for k_ in keys)
               + f" | {r.get('used_adapted', '')} | {j} | {r.get('adapt_seconds', r.get('seconds', ''))} |")
+
+
+def evidence_tool(out_dir: Path, seeds: list[int], threads: int) -> None:
+    """Full resolution through the tool: ``pansharpen fuse --model M --sensor WV2 [--adapt tailor
+    --seed S]`` on the WV2 GeoTIFFs of ``../shared`` (corner phase), scored with ``pansharpen eval
+    --protocol full --fused ... --cut 24``. The DLPan WV3 and WV2 FusionNets are imported into a
+    private store in ``out_dir/home``."""
+    import subprocess
+    import sys
+
+    wv2 = SHARED / "data" / "wv2-grip"
+    pan, ms = wv2 / "pan.tif", wv2 / "ms.tif"
+    env = dict(os.environ, PANSHARPEN_HOME=str(out_dir / "home"))
+    exe = str(Path(sys.executable).parent / "pansharpen")
+    listed = subprocess.run([exe, "models", "list"], capture_output=True, text=True, env=env).stdout
+    for w in ("WV3", "WV2"):
+        if f"fusionnet.{w.lower()} " not in listed:
+            subprocess.run([exe, "models", "import", str(SHARED / "weights" / "dlpan" / w / "fusionnet.pth"),
+                            "--sensor", w, "--name", f"fusionnet.{w.lower()}"], check=True, capture_output=True,
+                           env=env)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fused: list[Path] = []
+    rows: list[dict] = []
+    for m in ("exp", "bt-h", "mtf-glp-hpm"):
+        o = out_dir / f"tool_{m}.tif"
+        subprocess.run([exe, "fuse", "--pan", str(pan), "--ms", str(ms), "-o", str(o), "--method", m, "--sensor",
+                        "WV2", "--quiet", "--overwrite"], check=True, env=env)
+        fused.append(o)
+    for w in ("wv3", "wv2", "vhr8"):  # vhr8: shipped by this project (simulated VHR from Sentinel-2)
+        for seed in [None, *seeds]:
+            o = out_dir / (f"tool_fusionnet-{w}" + ("" if seed is None else f"-tailor-s{seed}") + ".tif")
+            extra = [] if seed is None else ["--adapt", "tailor", "--seed", str(seed)]
+            res = subprocess.run([exe, "fuse", "--pan", str(pan), "--ms", str(ms), "-o", str(o), "--model",
+                                  f"fusionnet.{w}", "--sensor", "WV2", "--quiet", "--overwrite", "--json",
+                                  "--threads", str(threads), *extra], capture_output=True, text=True, env=env)
+            if res.returncode:
+                raise SystemExit(res.stderr[-800:])
+            ad = json.loads(res.stdout).get("adaptation") or {}
+            rows.append({"file": o.stem, "used_adapted": ad.get("used_adapted"),
+                         "adapt_s": (ad.get("seconds") or {}).get("total"), "reason": ad.get("reason")})
+            fused.append(o)
+    res = subprocess.run([exe, "eval", "--pan", str(pan), "--ms", str(ms), "--sensor", "WV2", "--protocol", "full",
+                          "--cut", "24", "--json", "-q", "--fused", ",".join(map(str, fused))],
+                         capture_output=True, text=True, env=env)
+    if res.returncode:
+        raise SystemExit(res.stderr[-800:])
+    report = json.loads(res.stdout)
+    (out_dir / "evidence_tool.json").write_text(json.dumps({"runs": rows, "eval": report}, indent=1))
+    print(json.dumps(rows, indent=1))
+    print(json.dumps(report, indent=1)[:6000])
 
 
 def _pipeline_scene(size: int, out_dir: Path) -> tuple[Path, Path, str]:
@@ -278,9 +337,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None, help="runs (default 5; pipeline mode: 1 of each)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the runs here")
-    ap.add_argument("--evidence", choices=("rr", "fr"), default=None,
+    ap.add_argument("--evidence", choices=("rr", "fr", "tool"), default=None,
                     help="quality evidence on the WV2 scene instead of timing (needs ../shared)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the tailor rows (evidence)")
+    ap.add_argument("--nets", default="WV3,WV2,fusionnet.vhr8",
+                    help="evidence rr/fr: networks (WV3, WV2: the DLPan checkpoints; else a zoo model, tailor only)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/pansharpen-adapt"),
                     help="evidence JSON folder; pipeline mode: scenes, outputs and the private model store")
     ap.add_argument("--pipeline", action="store_true",
@@ -296,7 +357,10 @@ def main() -> None:
     if args.evidence:
         if not (WV2_MAT.is_file() and WV3_NET.is_file()):
             raise SystemExit(f"--evidence needs {WV2_MAT} and the DLPan checkpoints")
-        evidence(args.evidence, args.out, args.seeds)
+        if args.evidence == "tool":
+            evidence_tool(args.out, args.seeds, args.threads)
+        else:
+            evidence(args.evidence, args.out, args.seeds, args.nets.split(","))
         return
     args.repeat = args.repeat or 5
     pan, ms, scene_name = _scene(args.size)
