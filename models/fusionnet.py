@@ -14,6 +14,7 @@ Tailor point: ``conv3``; ``feat`` is the output of the residual backbone, ``(N, 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,8 +32,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv20(x)
-        h = F.leaky_relu(h, self.slope) if self.slope else F.relu(h)
-        return x + self.conv21(h)
+        if torch.is_grad_enabled():
+            h = F.leaky_relu(h, self.slope) if self.slope else F.relu(h)
+            return x + self.conv21(h)
+        # inference: activation and residual in place (no autograd graph to keep): two feature-map
+        # sized buffers less to allocate and fill per block; the same values bit for bit
+        h = F.leaky_relu_(h, self.slope) if self.slope else F.relu_(h)
+        return self.conv21(h).add_(x)
 
 
 class FusionNet(PansharpenNet):
@@ -51,11 +57,13 @@ class FusionNet(PansharpenNet):
 
     def features(self, pan: Tensor, lms: Tensor | None, ms: Tensor | None) -> Tensor:
         lms = self._check_lms(pan, lms)
-        return self.backbone(F.relu(self.conv1(pan - lms)))  # pan broadcasts over the bands
+        h = self.conv1(pan - lms)  # pan broadcasts over the bands
+        return self.backbone(F.relu(h) if torch.is_grad_enabled() else F.relu_(h))
 
     def head(self, feat: Tensor, pan: Tensor, lms: Tensor | None, ms: Tensor | None) -> Tensor:
         assert lms is not None
-        return self.conv3(feat) + lms
+        out = self.conv3(feat)
+        return out + lms if torch.is_grad_enabled() else out.add_(lms)
 
 
 def build_fusionnet(n_bands: int, **kw: int) -> FusionNet:
