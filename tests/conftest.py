@@ -4,6 +4,9 @@
   environment variable ``CI`` is set (CI runs everything).
 - ``@pytest.mark.shared``: tests that read ``../shared`` beside the repository; they skip cleanly when
   it is absent (a user's fresh clone has none).
+- ``home``: a private model store (``PANSHARPEN_HOME``) in the test's ``tmp_path``.
+- ``torch_threads``: torch limited to 2 threads for the test (modules with networks use it through
+  ``pytestmark = pytest.mark.usefixtures("torch_threads")``; it imports torch only there).
 """
 
 from __future__ import annotations
@@ -36,3 +39,20 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent")
     return SHARED
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("PANSHARPEN_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)

@@ -27,12 +27,7 @@ R = 4
 GNYQ = get_sensor("QB").gnyq  # 4 bands
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 def _toy_scene(seed: int = 0, size: int = 160, bands: int = 4) -> dict[str, np.ndarray]:

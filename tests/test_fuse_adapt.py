@@ -27,20 +27,7 @@ from pansharpen_cli.methods import default_choice
 from pansharpen_cli.methods.network import NetworkMethod
 from pansharpen_cli.pipeline import FuseRequest, fuse, fuse_arrays
 
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv("PANSHARPEN_HOME", str(h))
-    return h
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 @pytest.fixture

@@ -24,11 +24,7 @@ from pansharpen_cli.methods import DEFAULT_CLASSICAL, DEFAULT_LOW_RATIO, METHODS
 L8 = ["B2", "B3", "B4", "B5"]
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv("PANSHARPEN_HOME", str(h))
-    return h
+pytestmark = pytest.mark.usefixtures("home")  # a private model store for every test (conftest.py)
 
 
 @pytest.fixture

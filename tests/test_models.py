@@ -37,12 +37,7 @@ ARCHS = sorted(ARCHITECTURES)
 LOCAL_ARCHS = [a for a in ARCHS if not ARCHITECTURES[a].global_context]
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 def _inputs(n_bands: int, size: int = 32, batch: int = 1, seed: int = 0):

@@ -31,19 +31,7 @@ WV2_FUSIONNET = SHARED / "weights" / "dlpan" / "WV2" / "fusionnet.pth"
 needs_wv2 = pytest.mark.skipif(not (WV2.is_dir() and WV2_FUSIONNET.is_file()), reason="../shared is absent")
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv("PANSHARPEN_HOME", str(h))
-    return h
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 def add_random_model(tmp_path: Path, arch: str, n_bands: int, sensor: str, seed: int = 0) -> zoo.ModelEntry:

@@ -26,19 +26,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WEIGHTS = SHARED / "weights"
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv("PANSHARPEN_HOME", str(h))
-    return h
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 def save_checkpoint(path: Path, arch: str, n_bands: int, *, seed: int = 0, dlpan_style: bool = False) -> dict:
