@@ -46,9 +46,10 @@ PATCH = 64
 #: default share of the scene's candidate windows to adapt on, and its bounds
 FRACTION = 0.05
 MIN_PATCHES = 8
-#: default upper bound on the patches of one adaptation: the cost of a training step grows with the
-#: number of patches; 12 (9 trained on, 3 held out) keep a tailor adaptation at about 1.5 s on 2
-#: CPU cores, under 10 % of the inference of a 4096 x 4096 x 8 scene (docs/adaptation.md, "Timing")
+#: default upper bound on the patches of one adaptation: a training step takes a third of the
+#: training patches, so its cost grows with their number; 12 (9 trained on, 3 held out) keep a
+#: tailor adaptation at about 1 s on 2 CPU cores, ~6 % of the inference of a 4096 x 4096 x 8 scene
+#: (docs/adaptation.md, "Timing")
 MAX_PATCHES = 12
 #: most candidate windows read and described per scene (a strided subset of the grid beyond that):
 #: screening one (PAN and MS reads, no interpolation) costs ~1 ms
