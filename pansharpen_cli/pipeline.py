@@ -311,6 +311,9 @@ class _Engine:
     def inputs(self, w: Window) -> TileInput:
         return self._compute(self._read(w))
 
+    def _prepared(self, raw: tuple | TileInput) -> TileInput:
+        return raw if isinstance(raw, TileInput) else self._compute(raw)
+
     def pan(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
         """The PAN under canvas window ``w``: (h, w) float32 and validity (``inputs(w).pan``)."""
         return self.reader.read_pan(w)
@@ -353,6 +356,8 @@ class _Engine:
         nb = self.plan.bands
         if raws is None:
             raws = [self._read(w.expand(context)) for w in cores]
+        # a raw read, or its TileInput when the prefetch thread already interpolated it
+        prepared = self._prepared
 
         def core_out(w: Window, t: TileInput, f: np.ndarray | None) -> np.ndarray:
             out = np.empty((nb + 1, w.height, w.width), dtype=np.float32)
@@ -370,14 +375,14 @@ class _Engine:
         if batch is None:
             def one(item: tuple[Window, tuple]) -> tuple[np.ndarray, bool]:
                 w, raw = item
-                t = self._compute(raw)
+                t = prepared(raw)
                 ok = has_data(w, t)
                 return core_out(w, t, method.fuse_tile(t) if ok else None), ok
 
             res = self._map(one, list(zip(cores, raws, strict=True)))
             self.skipped += sum(1 for _, ok in res if not ok)
             return [o for o, _ in res]
-        tins = self._map(self._compute, raws)
+        tins = self._map(prepared, raws)
         todo = [k for k, (w, t) in enumerate(zip(cores, tins, strict=True)) if has_data(w, t)]
         self.skipped += len(cores) - len(todo)
         fused = batch([tins[k] for k in todo]) if len(todo) > 1 else [method.fuse_tile(tins[k]) for k in todo]
@@ -393,10 +398,15 @@ class _RowReader:
 
     GDAL dataset handles are not thread-safe: during the tile loop only this thread reads. With
     ``enabled=False`` rows are read in the calling thread (for measuring what prefetch gains).
+    ``interpolate``: the background thread also interpolates the MS of each tile (``TileInput``s
+    instead of raw reads). For networks: their forward passes keep the cores busy in torch, and the
+    single-threaded interpolation would otherwise run between them, on the critical path.
     """
 
-    def __init__(self, engine: _Engine, tiles: TilePlan, timing: dict[str, float], *, enabled: bool = True):
+    def __init__(self, engine: _Engine, tiles: TilePlan, timing: dict[str, float], *, enabled: bool = True,
+                 interpolate: bool = False):
         self.engine, self.tiles, self.timing = engine, tiles, timing
+        self.interpolate = interpolate
         self.n = len(tiles.row_starts)
         self._pool = None
         self._next: tuple[int, Any] | None = None
@@ -407,7 +417,9 @@ class _RowReader:
 
     def _read(self, i: int) -> tuple[list[tuple], float]:
         t = time.perf_counter()
-        raws = self.engine.read_row([tl.core for tl in self.tiles.row_tiles(i)], self.tiles.context)
+        raws: list[Any] = self.engine.read_row([tl.core for tl in self.tiles.row_tiles(i)], self.tiles.context)
+        if self.interpolate and self._pool is not None:
+            raws = [self.engine._compute(r) for r in raws]
         return raws, time.perf_counter() - t
 
     def get(self, i: int) -> list[tuple]:
@@ -570,7 +582,8 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
               "write_s": 0.0}
     tune_malloc()  # numpy temporaries and GDAL's block buffers reuse heap pages (see runtime.py)
     with open_scene(plan, notice=notice) as (_scene, engine), \
-            contextlib.closing(_RowReader(engine, tiles, timing, enabled=req.prefetch)) as rows:
+            contextlib.closing(_RowReader(engine, tiles, timing, enabled=req.prefetch,
+                                          interpolate=hasattr(plan.method, "fuse_tiles"))) as rows:
         if progress:
             progress(ProgressEvent("stats", 1, 1))
         timing["setup_s"] = time.perf_counter() - t0  # plan, headers, scene statistics, method fit

@@ -21,6 +21,43 @@ from pansharpen_cli.tiling import Window
 # -- prefetch and per-tile conversion ---------------------------------------------------------------
 
 
+def test_networks_get_interpolated_tiles_from_the_prefetch_thread(tmp_path: Path, monkeypatch) -> None:
+    """For networks the prefetch thread also interpolates the MS (TileInputs, not raw reads); the
+    file is the same as without prefetch, and no tile is interpolated twice."""
+    import torch
+    from pansharpen_cli.models import build
+
+    from pansharpen_cli import pipeline, zoo
+    from pansharpen_cli.methods.network import NetworkMethod
+
+    monkeypatch.setenv("PANSHARPEN_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    ck = tmp_path / "QB" / "fusionnet.pth"
+    ck.parent.mkdir()
+    torch.save(build("fusionnet", 4).state_dict(), ck)
+    entry = zoo.import_checkpoint(ck)
+    pan_p, ms_p = real_pair(tmp_path, size=192, ratio=4)
+    calls = {"n": 0}
+    real = pipeline._Engine._compute
+
+    def counting(self, raw):
+        calls["n"] += 1
+        return real(self, raw)
+
+    monkeypatch.setattr(pipeline._Engine, "_compute", counting)
+    outs, counts = [], []
+    for prefetch in (True, False):
+        calls["n"] = 0
+        out = tmp_path / f"n{prefetch}.tif"
+        s = fuse(FuseRequest(pan=pan_p, ms=ms_p, out=out, method=NetworkMethod(entry.name, device="cpu"), tile=64,
+                             prefetch=prefetch, background_write=prefetch))
+        outs.append(read(out))
+        counts.append((calls["n"], s["tiles"]["count"]))
+    assert np.array_equal(outs[0], outs[1])
+    # the prefetch thread's interpolation replaces the loop's, it does not add to it
+    assert counts[0] == counts[1] and counts[0][0] <= counts[0][1] + 1
+
+
 @pytest.mark.parametrize("method,overlap", [("wbrovey", 0), ("brovey", 0), ("mtf-glp-hpm", None)])
 def test_prefetched_reads_give_the_same_file(tmp_path: Path, method: str, overlap: int | None) -> None:
     pan_p, ms_p = real_pair(tmp_path, size=192, ratio=4)
