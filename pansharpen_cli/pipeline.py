@@ -87,6 +87,11 @@ ProgressCallback = Callable[[ProgressEvent], None]
 NoticeCallback = Callable[[str], None]
 
 
+#: most bytes of interpolated tile inputs the prefetch thread may hold for one tile row (networks):
+#: beyond that (very wide or many-band scenes) it prefetches raw reads and the loop interpolates
+PREFETCH_INPUTS_BUDGET = 256 * 2**20
+
+
 @dataclass
 class FusePlan:
     request: FuseRequest
@@ -108,14 +113,23 @@ class FusePlan:
         return self.alignment.ms.count
 
     def memory_estimate(self) -> int:
-        """Bytes the tile loop holds at its peak (strip + carry + tile working set + write buffer)."""
+        """Bytes the tile loop holds at its peak (strip + carry + tile working set + write buffer,
+        and the interpolated tile row the prefetch thread holds for networks)."""
         t, w = self.tiles, self.alignment.width
         b1 = self.bands + 1
         strip = b1 * t.tile_height * w * 4 * 2
         side = max(t.tile_height, t.tile_width) + 2 * t.context
         work = (4 * self.bands + 6) * side * side * 4
         out_buf = self.bands * min(512, self.alignment.height) * w * np.dtype(self.out_dtype).itemsize
-        return int(strip + work + out_buf)
+        pre = self.prefetched_inputs_bytes()
+        return int(strip + work + out_buf + (2 * pre if pre <= PREFETCH_INPUTS_BUDGET else 0))
+
+    def prefetched_inputs_bytes(self) -> int:
+        """Bytes of one tile row's interpolated inputs (PAN, MS on the PAN grid, validity)."""
+        t = self.tiles
+        n = len(t.col_starts)
+        side_h, side_w = t.tile_height + 2 * t.context, t.tile_width + 2 * t.context
+        return int(n * (self.bands + 1) * side_h * side_w * 4 + n * side_h * side_w)
 
     def to_dict(self) -> dict[str, Any]:
         a = self.alignment
@@ -583,7 +597,8 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
     tune_malloc()  # numpy temporaries and GDAL's block buffers reuse heap pages (see runtime.py)
     with open_scene(plan, notice=notice) as (_scene, engine), \
             contextlib.closing(_RowReader(engine, tiles, timing, enabled=req.prefetch,
-                                          interpolate=hasattr(plan.method, "fuse_tiles"))) as rows:
+                                          interpolate=hasattr(plan.method, "fuse_tiles")
+                                          and plan.prefetched_inputs_bytes() <= PREFETCH_INPUTS_BUDGET)) as rows:
         if progress:
             progress(ProgressEvent("stats", 1, 1))
         timing["setup_s"] = time.perf_counter() - t0  # plan, headers, scene statistics, method fit

@@ -21,9 +21,12 @@ from pansharpen_cli.tiling import Window
 # -- prefetch and per-tile conversion ---------------------------------------------------------------
 
 
-def test_networks_get_interpolated_tiles_from_the_prefetch_thread(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("budget", [None, 0])
+def test_networks_get_interpolated_tiles_from_the_prefetch_thread(tmp_path: Path, monkeypatch,
+                                                                  budget: int | None) -> None:
     """For networks the prefetch thread also interpolates the MS (TileInputs, not raw reads); the
-    file is the same as without prefetch, and no tile is interpolated twice."""
+    file is the same as without prefetch, and no tile is interpolated twice. Over the memory budget
+    (here 0 bytes) it prefetches raw reads, with the same result."""
     import torch
     from pansharpen_cli.models import build
 
@@ -31,6 +34,8 @@ def test_networks_get_interpolated_tiles_from_the_prefetch_thread(tmp_path: Path
     from pansharpen_cli.methods.network import NetworkMethod
 
     monkeypatch.setenv("PANSHARPEN_HOME", str(tmp_path / "home"))
+    if budget is not None:
+        monkeypatch.setattr(pipeline, "PREFETCH_INPUTS_BUDGET", budget)
     torch.manual_seed(0)
     ck = tmp_path / "QB" / "fusionnet.pth"
     ck.parent.mkdir()
@@ -56,6 +61,8 @@ def test_networks_get_interpolated_tiles_from_the_prefetch_thread(tmp_path: Path
     assert np.array_equal(outs[0], outs[1])
     # the prefetch thread's interpolation replaces the loop's, it does not add to it
     assert counts[0] == counts[1] and counts[0][0] <= counts[0][1] + 1
+    plan = pipeline.plan_fuse(FuseRequest(pan=pan_p, ms=ms_p, method=NetworkMethod(entry.name, device="cpu"), tile=64))
+    assert 0 < plan.prefetched_inputs_bytes() <= pipeline.PREFETCH_INPUTS_BUDGET or budget == 0
 
 
 @pytest.mark.parametrize("method,overlap", [("wbrovey", 0), ("brovey", 0), ("mtf-glp-hpm", None)])
