@@ -89,18 +89,22 @@ def test_integer_strips_are_exact_for_identity(h: int, w: int, tile: int, overla
     assert np.array_equal(_stitch_int(data, tile, overlap, lambda x: x), data)
 
 
-def test_integer_blend_never_wraps_around() -> None:
-    # 40 px wide, tiles of 32: the last tile snaps to column 8 and overlaps the first by 24 px.
-    # The first tile says 5, the second 0 everywhere: a uint16 blend done in the integer type
-    # wrapped (0 - 5 -> 65531); it must ramp down from 5 to 0 and stay within [0, 5].
-    data = np.zeros((1, 8, 40), np.uint16)
+def _first_tile_then(first: int, rest: int):
+    """A tile function adding ``first`` to the first tile it sees and ``rest`` to the others."""
     calls = {"n": 0}
 
     def f(x: np.ndarray) -> np.ndarray:
         calls["n"] += 1
-        return x + np.uint16(5 if calls["n"] == 1 else 0)
+        return x + np.uint16(first if calls["n"] == 1 else rest)
 
-    out = _stitch_int(data, 32, 0, f)
+    return f
+
+
+def test_integer_blend_never_wraps_around() -> None:
+    # 40 px wide, tiles of 32: the last tile snaps to column 8 and overlaps the first by 24 px.
+    # The first tile says 5, the second 0 everywhere: a uint16 blend done in the integer type
+    # wrapped (0 - 5 -> 65531); it must ramp down from 5 to 0 and stay within [0, 5].
+    out = _stitch_int(np.zeros((1, 8, 40), np.uint16), 32, 0, _first_tile_then(5, 0))
     row = out[0, 0].astype(int)
     assert row.min() == 0 and row.max() == 5
     assert row[0] == 5 and row[-1] == 0 and np.all(np.diff(row) <= 0)
@@ -108,13 +112,6 @@ def test_integer_blend_never_wraps_around() -> None:
 
 def test_integer_blend_never_lands_on_nodata() -> None:
     # valid values 99 and 101 around a nodata of 100: the mix that rounds to 100 keeps the first tile's
-    data = np.zeros((1, 4, 40), np.uint16)
-    calls = {"n": 0}
-
-    def f(x: np.ndarray) -> np.ndarray:
-        calls["n"] += 1
-        return x + np.uint16(99 if calls["n"] == 1 else 101)
-
-    out = _stitch_int(data, 32, 0, f, nodata=100)
+    out = _stitch_int(np.zeros((1, 4, 40), np.uint16), 32, 0, _first_tile_then(99, 101), nodata=100)
     assert not np.any(out == 100)
     assert set(np.unique(out)) <= {99, 101}
