@@ -121,8 +121,8 @@ class FusePlan:
         side = max(t.tile_height, t.tile_width) + 2 * t.context
         work = (4 * self.bands + 6) * side * side * 4
         out_buf = self.bands * min(512, self.alignment.height) * w * np.dtype(self.out_dtype).itemsize
-        pre = self.prefetched_inputs_bytes()
-        return int(strip + work + out_buf + (2 * pre if pre <= PREFETCH_INPUTS_BUDGET else 0))
+        pre = 2 * self.prefetched_inputs_bytes() if self.prefetch_interpolates else 0
+        return int(strip + work + out_buf + pre)
 
     def prefetched_inputs_bytes(self) -> int:
         """Bytes of one tile row's interpolated inputs (PAN, MS on the PAN grid, validity)."""
@@ -130,6 +130,12 @@ class FusePlan:
         n = len(t.col_starts)
         side_h, side_w = t.tile_height + 2 * t.context, t.tile_width + 2 * t.context
         return int(n * (self.bands + 1) * side_h * side_w * 4 + n * side_h * side_w)
+
+    @property
+    def prefetch_interpolates(self) -> bool:
+        """Whether the prefetch thread also interpolates the MS (networks, within
+        :data:`PREFETCH_INPUTS_BUDGET`; see ``_RowReader``)."""
+        return hasattr(self.method, "fuse_tiles") and self.prefetched_inputs_bytes() <= PREFETCH_INPUTS_BUDGET
 
     def to_dict(self) -> dict[str, Any]:
         a = self.alignment
@@ -326,6 +332,7 @@ class _Engine:
         return self._compute(self._read(w))
 
     def _prepared(self, raw: tuple | TileInput) -> TileInput:
+        """A raw read interpolated, or its TileInput when the prefetch thread already did it."""
         return raw if isinstance(raw, TileInput) else self._compute(raw)
 
     def pan(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -370,8 +377,6 @@ class _Engine:
         nb = self.plan.bands
         if raws is None:
             raws = [self._read(w.expand(context)) for w in cores]
-        # a raw read, or its TileInput when the prefetch thread already interpolated it
-        prepared = self._prepared
 
         def core_out(w: Window, t: TileInput, f: np.ndarray | None) -> np.ndarray:
             out = np.empty((nb + 1, w.height, w.width), dtype=np.float32)
@@ -389,14 +394,14 @@ class _Engine:
         if batch is None:
             def one(item: tuple[Window, tuple]) -> tuple[np.ndarray, bool]:
                 w, raw = item
-                t = prepared(raw)
+                t = self._prepared(raw)
                 ok = has_data(w, t)
                 return core_out(w, t, method.fuse_tile(t) if ok else None), ok
 
             res = self._map(one, list(zip(cores, raws, strict=True)))
             self.skipped += sum(1 for _, ok in res if not ok)
             return [o for o, _ in res]
-        tins = self._map(prepared, raws)
+        tins = self._map(self._prepared, raws)
         todo = [k for k, (w, t) in enumerate(zip(cores, tins, strict=True)) if has_data(w, t)]
         self.skipped += len(cores) - len(todo)
         fused = batch([tins[k] for k in todo]) if len(todo) > 1 else [method.fuse_tile(tins[k]) for k in todo]
@@ -597,8 +602,7 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
     tune_malloc()  # numpy temporaries and GDAL's block buffers reuse heap pages (see runtime.py)
     with open_scene(plan, notice=notice) as (_scene, engine), \
             contextlib.closing(_RowReader(engine, tiles, timing, enabled=req.prefetch,
-                                          interpolate=hasattr(plan.method, "fuse_tiles")
-                                          and plan.prefetched_inputs_bytes() <= PREFETCH_INPUTS_BUDGET)) as rows:
+                                          interpolate=plan.prefetch_interpolates)) as rows:
         if progress:
             progress(ProgressEvent("stats", 1, 1))
         timing["setup_s"] = time.perf_counter() - t0  # plan, headers, scene statistics, method fit
