@@ -29,13 +29,16 @@ def test_blend_weights_open_interval() -> None:
     assert np.all(np.diff(w) > 0)
 
 
-def _stitch(data: np.ndarray, tile: int, overlap: int, context: int, f=lambda x: x) -> np.ndarray:
+def _stitch(data: np.ndarray, tile: int, overlap: int, context: int, f=lambda x: x,
+            nodata: float | None = None) -> np.ndarray:
+    """Tiles of ``data`` through ``f`` and the assembler, in ``data``'s dtype (integer strips: the
+    per-tile conversion path); unwritten pixels stay NaN (float) or 0."""
     b, h, w = data.shape
     plan = plan_tiles(h, w, tile, overlap, context)
-    asm = StripAssembler(plan, b)
-    out = np.full_like(data, np.nan)
+    asm = StripAssembler(plan, b, dtype=data.dtype, nodata=nodata)
+    out = np.full_like(data, np.nan if data.dtype.kind == "f" else 0)
     for i in range(len(plan.row_starts)):
-        outs = [f(data[:, t.core.row:t.core.row_stop, t.core.col:t.core.col_stop]) for t in plan.row_tiles(i)]
+        outs = [f(data[:, t.core.row:t.core.row_stop, t.core.col:t.core.col_stop].copy()) for t in plan.row_tiles(i)]
         r0, block = asm.add_row(i, outs)
         out[:, r0:r0 + block.shape[1]] = block
     return out
@@ -67,18 +70,6 @@ def test_blend_is_a_crossfade_between_disagreeing_tiles() -> None:
     assert np.all((row[16:32] > 1) & (row[16:32] < 2))
 
 
-def _stitch_int(data: np.ndarray, tile: int, overlap: int, f, nodata=None) -> np.ndarray:
-    b, h, w = data.shape
-    plan = plan_tiles(h, w, tile, overlap, 0)
-    asm = StripAssembler(plan, b, dtype=data.dtype, nodata=nodata)
-    out = np.zeros_like(data)
-    for i in range(len(plan.row_starts)):
-        outs = [f(data[:, t.core.row:t.core.row_stop, t.core.col:t.core.col_stop].copy()) for t in plan.row_tiles(i)]
-        r0, block = asm.add_row(i, outs)
-        out[:, r0:r0 + block.shape[1]] = block
-    return out
-
-
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(1, 100), w=st.integers(1, 100), tile=st.integers(16, 48), overlap=st.integers(0, 12),
        seed=st.integers(0, 2**16))
@@ -86,7 +77,7 @@ def test_integer_strips_are_exact_for_identity(h: int, w: int, tile: int, overla
     # tiles converted to the output type before stitching (the per-tile path): the snapped last
     # tile overlaps its neighbour, and equal values must come out bit for bit
     data = np.random.default_rng(seed).integers(0, 65536, size=(2, h, w), dtype=np.uint16)
-    assert np.array_equal(_stitch_int(data, tile, overlap, lambda x: x), data)
+    assert np.array_equal(_stitch(data, tile, overlap, 0), data)
 
 
 def _first_tile_then(first: int, rest: int):
@@ -104,7 +95,7 @@ def test_integer_blend_never_wraps_around() -> None:
     # 40 px wide, tiles of 32: the last tile snaps to column 8 and overlaps the first by 24 px.
     # The first tile says 5, the second 0 everywhere: a uint16 blend done in the integer type
     # wrapped (0 - 5 -> 65531); it must ramp down from 5 to 0 and stay within [0, 5].
-    out = _stitch_int(np.zeros((1, 8, 40), np.uint16), 32, 0, _first_tile_then(5, 0))
+    out = _stitch(np.zeros((1, 8, 40), np.uint16), 32, 0, 0, _first_tile_then(5, 0))
     row = out[0, 0].astype(int)
     assert row.min() == 0 and row.max() == 5
     assert row[0] == 5 and row[-1] == 0 and np.all(np.diff(row) <= 0)
@@ -112,6 +103,6 @@ def test_integer_blend_never_wraps_around() -> None:
 
 def test_integer_blend_never_lands_on_nodata() -> None:
     # valid values 99 and 101 around a nodata of 100: the mix that rounds to 100 keeps the first tile's
-    out = _stitch_int(np.zeros((1, 4, 40), np.uint16), 32, 0, _first_tile_then(99, 101), nodata=100)
+    out = _stitch(np.zeros((1, 4, 40), np.uint16), 32, 0, 0, _first_tile_then(99, 101), nodata=100)
     assert not np.any(out == 100)
     assert set(np.unique(out)) <= {99, 101}
