@@ -434,8 +434,10 @@ class BDSDPC(_Classical):
         upper = np.full(nb + 1, np.inf)
         lower[0] = 0.0
         upper[1:] = 0.0
-        self.gamma = np.stack([lsq_linear(hmat, target[b], bounds=(lower, upper), method="bvls").x
-                               for b in range(nb)], axis=1)  # (B + 1, B)
+        # BVLS can return an active coefficient a rounding error (~1e-17) outside its bound: clip, so
+        # the recorded gains honour the physical constraints exactly
+        self.gamma = np.stack([np.clip(lsq_linear(hmat, target[b], bounds=(lower, upper), method="bvls").x,
+                                       lower, upper) for b in range(nb)], axis=1)  # (B + 1, B)
         self.options.update(pan_gains=_round(self.gamma[0]), ms_gains=_round(self.gamma[1:]))
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
