@@ -233,6 +233,7 @@ def _polyphase_axis(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarra
         y = _apply_kernel(block, axis, kern, start, count)
         dst = [slice(None)] * block.ndim
         dst[axis] = slice(jp - j0, None, r)
+        # computed contiguous, then interleaved: faster than ufuncs writing every r-th row in place
         out[tuple(dst)] = y
     return out
 
@@ -252,12 +253,31 @@ def resample_block(block: np.ndarray, rows: AxisMap, cols: AxisMap, k_row0: int,
     """(B, h, w) LR block starting at LR (k_row0, k_col0) -> (B, H, W) on output rows/cols.
 
     ``kind``: ``"23tap"`` (the toolbox's interpolator, default) or ``"cubic"`` (Keys, a = -0.5:
-    what GDAL's ``gdal_pansharpen`` uses by default)."""
+    what GDAL's ``gdal_pansharpen`` uses by default). Columns first, on the LR rows (the pass whose
+    phases interleave element by element runs on 1/r of the data), then rows
+    (:func:`resample_rows`, which can also produce any band of rows on its own)."""
+    return resample_rows(resample_cols(block, cols, k_col0, out_cols, extent[1], kind), rows, k_row0,
+                         out_rows, extent[0], kind)
+
+
+def resample_cols(block: np.ndarray, cols: AxisMap, k_col0: int, out_cols: tuple[int, int], extent: int,
+                  kind: str = "23tap") -> np.ndarray:
+    """The first half of :func:`resample_block`: (B, h, w) LR -> (B, h, W), still on LR rows."""
     if kind not in RESAMPLING:
         raise ValueError(f"unknown resampling {kind!r}")
     block = np.ascontiguousarray(block, dtype=np.float32)
-    tmp = resample_axis(block, 1, rows, k_row0, out_rows[0], out_rows[1], extent[0], kind)
-    return resample_axis(tmp, 2, cols, k_col0, out_cols[0], out_cols[1], extent[1], kind)
+    return resample_axis(block, 2, cols, k_col0, out_cols[0], out_cols[1], extent, kind)
+
+
+def resample_rows(half: np.ndarray, rows: AxisMap, k_row0: int, out_rows: tuple[int, int], extent: int,
+                  kind: str = "23tap") -> np.ndarray:
+    """The second half of :func:`resample_block`: (B, h, W) from :func:`resample_cols` -> (B, H, W).
+
+    Any range of output rows can be asked for (``half`` must hold their LR halo, as a block made
+    for a larger range does): each output row is computed the same way whatever range it is in."""
+    if kind not in RESAMPLING:
+        raise ValueError(f"unknown resampling {kind!r}")
+    return resample_axis(half, 1, rows, k_row0, out_rows[0], out_rows[1], extent, kind)
 
 
 def nearest_lr_index(amap: AxisMap, j0: int, j1: int) -> np.ndarray:
