@@ -155,8 +155,11 @@ class StripAssembler:
     """Stitches the tiles of one plan row by row and yields finished canvas rows.
 
     Memory is one strip (bands x tile x width) plus the overlap carried to the next strip.
-    Call :meth:`add_row` with the cropped tile outputs of each tile row, in order; it returns
-    ``(row_start, block)`` of canvas rows that are final.
+    Either call :meth:`add_row` with the cropped tile outputs of each tile row, in order, or, to
+    save a copy per tile, :meth:`begin_row`, let each tile that :meth:`direct_view` allows write
+    its output straight into the strip, and :meth:`finish_row` with the others. Both return
+    ``(row_start, block)`` of canvas rows that are final; ``block`` is a view of a strip that is
+    never written again (a new one is allocated for each row).
     """
 
     def __init__(self, plan: TilePlan, bands: int, dtype=np.float32, nodata: float | None = None):
@@ -166,19 +169,44 @@ class StripAssembler:
         self.nodata = nodata  # integer strips: the output nodata, which a blend never produces
         self._carry: np.ndarray | None = None
         self._next_row = 0
+        self._strip: np.ndarray | None = None
+
+    def begin_row(self) -> np.ndarray:
+        """Allocate the strip of the next tile row (bands, tile height, canvas width)."""
+        p = self.plan
+        self._strip = np.empty((self.bands, p.tile_height, p.width), dtype=self.dtype)
+        return self._strip
+
+    def direct_view(self, j: int) -> np.ndarray | None:
+        """The strip columns of tile ``j`` when it overlaps no earlier tile of the row (it can be
+        written in place, in any order); ``None`` when it must be blended by :meth:`finish_row`."""
+        assert self._strip is not None, "begin_row first"
+        p = self.plan
+        c0 = p.col_starts[j]
+        if j and p.col_starts[j - 1] + p.tile_width > c0:
+            return None
+        return self._strip[:, :, c0:c0 + p.tile_width]
 
     def add_row(self, i: int, tiles: list[np.ndarray]) -> tuple[int, np.ndarray]:
+        self.begin_row()
+        return self.finish_row(i, dict(enumerate(tiles)))
+
+    def finish_row(self, i: int, tiles: dict[int, np.ndarray]) -> tuple[int, np.ndarray]:
+        """Place ``tiles`` (column index -> output; those written through :meth:`direct_view`
+        left out) in column order, blending overlaps, and return the rows now final."""
         p = self.plan
+        strip = self._strip
+        assert strip is not None, "begin_row first"
+        self._strip = None
         th = p.tile_height
-        strip = np.empty((self.bands, th, p.width), dtype=self.dtype)
-        prev_end = 0
-        for j, out in enumerate(tiles):
+        for j in sorted(tiles):
+            out = tiles[j]
             c0 = p.col_starts[j]
+            prev_end = p.col_starts[j - 1] + p.tile_width if j else 0
             n = max(prev_end - c0, 0)
             if n:
                 blend_into(strip[:, :, :prev_end], out[:, :, :n], axis=2, overlap=n, nodata=self.nodata)
             strip[:, :, c0 + n:c0 + out.shape[2]] = out[:, :, n:]
-            prev_end = c0 + out.shape[2]
         r0 = p.row_starts[i]
         if self._carry is not None:
             n = self._carry.shape[1]

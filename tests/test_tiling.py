@@ -30,16 +30,29 @@ def test_blend_weights_open_interval() -> None:
 
 
 def _stitch(data: np.ndarray, tile: int, overlap: int, context: int, f=lambda x: x,
-            nodata: float | None = None) -> np.ndarray:
+            nodata: float | None = None, direct: bool = False) -> np.ndarray:
     """Tiles of ``data`` through ``f`` and the assembler, in ``data``'s dtype (integer strips: the
-    per-tile conversion path); unwritten pixels stay NaN (float) or 0."""
+    per-tile conversion path); unwritten pixels stay NaN (float) or 0. ``direct``: tiles that
+    :meth:`StripAssembler.direct_view` allows are written into the strip, in reverse order (the
+    fuse loop's zero-copy path), the others handed to ``finish_row``."""
     b, h, w = data.shape
     plan = plan_tiles(h, w, tile, overlap, context)
     asm = StripAssembler(plan, b, dtype=data.dtype, nodata=nodata)
     out = np.full_like(data, np.nan if data.dtype.kind == "f" else 0)
     for i in range(len(plan.row_starts)):
         outs = [f(data[:, t.core.row:t.core.row_stop, t.core.col:t.core.col_stop].copy()) for t in plan.row_tiles(i)]
-        r0, block = asm.add_row(i, outs)
+        if direct:
+            asm.begin_row()
+            rest = {}
+            for j in reversed(range(len(outs))):
+                view = asm.direct_view(j)
+                if view is None:
+                    rest[j] = outs[j]
+                else:
+                    view[...] = outs[j]
+            r0, block = asm.finish_row(i, rest)
+        else:
+            r0, block = asm.add_row(i, outs)
         out[:, r0:r0 + block.shape[1]] = block
     return out
 
@@ -106,3 +119,36 @@ def test_integer_blend_never_lands_on_nodata() -> None:
     out = _stitch(np.zeros((1, 4, 40), np.uint16), 32, 0, 0, _first_tile_then(99, 101), nodata=100)
     assert not np.any(out == 100)
     assert set(np.unique(out)) <= {99, 101}
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 100), w=st.integers(1, 130), tile=st.integers(16, 48), overlap=st.integers(0, 12),
+       integer=st.booleans(), seed=st.integers(0, 2**16))
+def test_tiles_written_in_place_equal_tiles_handed_over(h: int, w: int, tile: int, overlap: int, integer: bool,
+                                                        seed: int) -> None:
+    # direct views only for tiles overlapping no earlier one; the snapped last tile is blended;
+    # tiles that disagree (+ tile index) must give the same strips either way
+    rng = np.random.default_rng(seed)
+    data = (rng.integers(0, 4000, size=(2, h, w), dtype=np.uint16) if integer
+            else rng.normal(size=(2, h, w)).astype(np.float32))
+
+    def disagreeing():
+        calls = {"n": 0}
+
+        def f(x: np.ndarray) -> np.ndarray:
+            calls["n"] += 1
+            return x + x.dtype.type(calls["n"] % 7)
+        return f
+
+    a = _stitch(data, tile, overlap, 0, disagreeing())
+    b = _stitch(data, tile, overlap, 0, disagreeing(), direct=True)
+    assert np.array_equal(a, b)
+    assert np.array_equal(_stitch(data, tile, overlap, 0, direct=True), data)
+
+
+def test_direct_view_only_where_no_earlier_tile_overlaps() -> None:
+    plan = plan_tiles(8, 40, 16, 0, 0)  # starts 0, 16, 24 (snapped): the last overlaps by 8
+    asm = StripAssembler(plan, 1)
+    asm.begin_row()
+    assert [asm.direct_view(j) is not None for j in range(3)] == [True, True, False]
+    assert asm.direct_view(1).shape == (1, 8, 16)
