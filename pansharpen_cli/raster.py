@@ -706,14 +706,21 @@ class OutputWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pansharpen-writer")
         return self
 
-    def write_rows(self, row0: int, block: np.ndarray) -> None:
-        """Write ``block`` (count, n, width) at canvas row ``row0``; rows must arrive in order."""
+    def write_rows(self, row0: int, block: np.ndarray, *, owned: bool = False) -> None:
+        """Write ``block`` (count, n, width) at canvas row ``row0``; rows must arrive in order.
+
+        ``owned``: the caller never touches ``block`` again, so a block that is exactly one whole
+        block row (or the last rows) is handed to the writer thread as it is, without a copy."""
         assert self._buf is not None
         if row0 != self._buf_row0 + self._buf_n:
             raise RuntimeError("rows must be written in order")
         bh = self._buf.shape[1]
-        i = 0
         n = block.shape[1]
+        if (owned and self._buf_n == 0 and (n == bh or row0 + n == self.height) and n <= bh
+                and block.flags.c_contiguous and block.dtype == self._buf.dtype):
+            self._submit(block, n, own_buffer=False)
+            return
+        i = 0
         while i < n:
             take = min(bh - self._buf_n, n - i)
             self._buf[:, self._buf_n:self._buf_n + take] = block[:, i:i + take]
@@ -723,21 +730,25 @@ class OutputWriter:
                 self._flush()
 
     def _flush(self) -> None:
-        """Hand the filled block row to the writer thread; at most two are in flight."""
+        """Hand the filled block row to the writer thread."""
         if self._buf_n == 0:
             return
-        assert self._ds is not None and self._buf is not None and self._pool is not None
-        buf, n, row0 = self._buf, self._buf_n, self._buf_row0
+        assert self._buf is not None
+        self._submit(self._buf, self._buf_n, own_buffer=True)
+
+    def _submit(self, buf: np.ndarray, n: int, *, own_buffer: bool) -> None:
+        """Write rows ``buf[:, :n]`` at the next row, in the writer thread (at most two in flight)."""
+        assert self._ds is not None and self._pool is not None
+        row0 = self._buf_row0
         if not self.background:  # in the caller's thread (for measuring what the writer thread gains)
             self._write(buf[:, :n], RioWindow(0, row0, self.width, n))
-            self._buf_row0 += n
-            self._buf_n = 0
-            return
-        fut = self._pool.submit(self._write, buf[:, :n], RioWindow(0, row0, self.width, n))
-        self._pending.append((fut, buf))
-        while len(self._pending) > 2:
-            self._retire()
-        self._buf = self._spare.pop() if self._spare else np.empty_like(buf)
+        else:
+            fut = self._pool.submit(self._write, buf[:, :n], RioWindow(0, row0, self.width, n))
+            self._pending.append((fut, buf if own_buffer else None))
+            while len(self._pending) > 2:
+                self._retire()
+            if own_buffer:
+                self._buf = self._spare.pop() if self._spare else np.empty_like(buf)
         self._buf_row0 += n
         self._buf_n = 0
 
@@ -750,7 +761,8 @@ class OutputWriter:
     def _retire(self) -> None:
         fut, buf = self._pending.pop(0)
         fut.result()  # re-raises a write error here
-        self._spare.append(buf)
+        if buf is not None:
+            self._spare.append(buf)
 
     def _drain(self) -> None:
         try:
