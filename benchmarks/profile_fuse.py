@@ -31,10 +31,11 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # stage -> (file suffix, function name) whose *cumulative* time is the stage's
     "scene statistics (decimated read)": [("pipeline.py", "_scene_info")],
     "read PAN + MS windows (GDAL decode)": [("raster.py", "read_pan"), ("raster.py", "read_ms_lr")],
-    "resample MS (23-tap correlate1d + cubic)": [("resample.py", "resample_block")],
+    "resample MS (23-tap / cubic, columns then rows)": [("resample.py", "resample_cols"),
+                                                         ("resample.py", "resample_rows")],
     "method (wbrovey)": [("simple.py", "fuse_tile")],
-    "strip assembly": [("tiling.py", "add_row")],
-    "float -> int (_to_output)": [("pipeline.py", "_to_output")],
+    "strip assembly": [("tiling.py", "finish_row")],
+    "float -> output type (_OutputSink / _FloatSink)": [("pipeline.py", "__call__")],
     "write (GDAL DEFLATE + I/O)": [("raster.py", "write_rows"), ("raster.py", "__exit__")],
 }
 

@@ -225,6 +225,7 @@ class GIHS(_Classical):
     """
 
     name = "gihs"
+    per_pixel = True
     description = "Generalised IHS (Tu 2001): MS + (PAN' - mean(MS)), PAN matched to the intensity scene-wide"
 
     def fit(self, scene: SceneInfo) -> None:
@@ -250,6 +251,7 @@ class PCA(_Classical):
     """
 
     name = "pca"
+    per_pixel = True
     description = "PCA substitution (Chavez 1989): 1st principal component replaced by the matched PAN"
 
     def fit(self, scene: SceneInfo) -> None:
@@ -283,6 +285,7 @@ class GS(_Classical):
     """
 
     name = "gs"
+    per_pixel = True
     description = "Gram-Schmidt mode 1 (Laben 2000): MS + g_b (PAN' - I), I = mean(MS), gains scene-wide"
 
     def fit(self, scene: SceneInfo) -> None:
@@ -315,6 +318,7 @@ class GSA(_Classical):
     """
 
     name = "gsa"
+    per_pixel = True
     description = "Gram-Schmidt adaptive (Aiazzi 2007): intensity weights by regression of the low-pass PAN on MS"
 
     def fit(self, scene: SceneInfo) -> None:
@@ -364,6 +368,7 @@ class BTH(_Classical):
     """
 
     name = "bt-h"
+    per_pixel = True
     description = "Brovey with haze correction (Lolli 2017): (MS - haze) PAN'/I + haze, I by regression"
 
     def fit(self, scene: SceneInfo) -> None:
@@ -403,6 +408,7 @@ class BDSDPC(_Classical):
     """
 
     name = "bdsd-pc"
+    per_pixel = True
     description = "BDSD with physical constraints (Vivone 2019): MS_b + g_b PAN + sum_k c_bk MS_k, fitted at RR"
 
     def fit(self, scene: SceneInfo) -> None:

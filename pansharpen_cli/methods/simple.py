@@ -16,6 +16,7 @@ class Exp(Method):
     """EXP: the MS interpolated onto the PAN grid with the toolbox's 23-tap kernel; no PAN detail."""
 
     name = "exp"
+    per_pixel = True
     description = "MS upsampled with the 23-tap interpolator (no PAN detail; the baseline)"
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
@@ -30,6 +31,7 @@ class Brovey(Method):
     """
 
     name = "brovey"
+    per_pixel = True
     description = "Brovey transform: MS_b * PAN' / mean(MS), PAN matched to the intensity scene-wide"
     needs_scene_sample = True
 
@@ -58,6 +60,7 @@ class WeightedBrovey(Method):
     """
 
     name = "wbrovey"
+    per_pixel = True
     description = "GDAL's weighted Brovey: MS_b * PAN / sum(w_b MS_b); --weights or sensor preset; cubic MS"
     resampling = "cubic"
 
@@ -87,6 +90,7 @@ class Identity(Method):
     """Returns the PAN in every band: for testing the engine (must reproduce the PAN exactly)."""
 
     name = "identity-pan"
+    per_pixel = True
     description = "testing aid: the PAN copied into every band"
 
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
