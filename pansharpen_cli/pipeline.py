@@ -33,7 +33,15 @@ from .raster import (
     inspect_ms,
     inspect_raster,
 )
-from .resample import RESAMPLING, lr_range, nearest_lr_index, resample_block, resample_cols, resample_rows
+from .resample import (
+    RESAMPLING,
+    lr_range,
+    nearest_lr_index,
+    phase_count,
+    resample_block,
+    resample_cols,
+    resample_rows_phases,
+)
 from .runtime import tune_malloc
 from .sensors import Sensor, generic_sensor, get_sensor
 from .tiling import StripAssembler, TilePlan, Window, plan_tiles
@@ -421,18 +429,23 @@ class _Engine:
             core_out(w, t, by_tile.get(k), outs[k])
         return outs
 
-    #: bytes of one band of rows of a per-pixel tile (all bands, float32): small enough that the
-    #: interpolated MS, the method's temporaries and the conversion stay in a core's L2 cache
-    #: (measured, 512² x 4 bands, wbrovey: 64-row bands 6.3 ms per tile, whole tiles 12.7 ms)
-    PER_PIXEL_CHUNK_BYTES = 512 * 1024
+    #: bytes of the interpolated MS of one phase of a band of rows of a per-pixel tile (all bands,
+    #: float32): small enough that it, the method's temporaries and the conversion stay in a core's
+    #: L2 cache (benchmarks/micro_per_pixel.py on the 2-core machine, 512² x 4 bands, wbrovey,
+    #: cubic, uint16 sink, one thread: whole tiles 12.9-14.1 ms, 64-row bands interleaved 6.1 ms,
+    #: phases of 32 rows (256 KiB) 5.4-5.9 ms, of 16 rows 6.5 ms)
+    PER_PIXEL_CHUNK_BYTES = 256 * 1024
 
     def _per_pixel(self, w: Window, raw: tuple, context: int, sink: TileSink, dest: np.ndarray) -> bool:
         """Fuse the core ``w`` of a raw read with a per-pixel method, in bands of rows.
 
-        The MS is interpolated along columns once for the tile and along rows band by band; each
-        band is fused and written by ``sink`` into its rows of ``dest`` while it is in cache. Same
-        values as the whole tile (every output pixel is computed the same way in any band).
-        Returns False (nothing fused; ``dest`` filled as empty) when the core holds no valid pixel.
+        The MS is interpolated along columns once for the tile and along rows band by band; an
+        integer ratio ``r`` gives each band's rows phase by phase (every ``r``-th row,
+        :func:`resample_rows_phases`), which are fused with the same rows of the PAN and written by
+        ``sink`` into the same rows of ``dest`` while in cache: the phases are never interleaved
+        in memory. Same values as the whole tile (a per-pixel method computes every output pixel
+        the same way in any set of rows). Returns False (nothing fused; ``dest`` filled as
+        empty) when the core holds no valid pixel.
         """
         a = self.plan.alignment
         method = self.plan.method
@@ -451,15 +464,16 @@ class _Engine:
             return False
         all_valid = bool(valid.all())
         half = resample_cols(lr, a.cols, kc[0], (w.col, w.col_stop), a.width, kind)
-        step = max(8, self.PER_PIXEL_CHUNK_BYTES // (4 * half.shape[0] * wd))
+        step = max(8, self.PER_PIXEL_CHUNK_BYTES // (4 * half.shape[0] * wd)) * phase_count(a.rows, a.height, kind)
         for j in range(0, h, step):
             n = min(step, h - j)
-            up = resample_rows(half, a.rows, kr[0], (w.row + j, w.row + j + n), a.height, kind)
-            v = valid[j:j + n]
-            f = method.fuse_tile(TileInput(pan=pan[j:j + n], ms_up=up, valid=v))
-            if not f.flags.writeable or np.may_share_memory(f, pan):
-                f = f.copy()  # the sink overwrites its input (``up`` is this band's own)
-            sink(f, None if all_valid else v, dest[:, j:j + n])
+            for rows, up in resample_rows_phases(half, a.rows, kr[0], (w.row + j, w.row + j + n), a.height, kind):
+                rows = slice(j + rows.start, j + rows.stop, rows.step)
+                v = valid[rows]
+                f = method.fuse_tile(TileInput(pan=pan[rows], ms_up=up, valid=v))
+                if not f.flags.writeable or np.may_share_memory(f, pan):
+                    f = f.copy()  # the sink overwrites its input (``up`` is this band's own)
+                sink(f, None if all_valid else v, dest[:, rows])
         return True
 
     def tile(self, w_core: Window, context: int) -> np.ndarray:

@@ -215,13 +215,13 @@ def _phase_kernels(amap: AxisMap, extent: int, kind: str = "23tap") -> tuple[tup
     return tuple(kernels)
 
 
-def _polyphase_axis(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarray, int], ...],
-                    k0: int, j0: int, j1: int) -> np.ndarray:
+def _polyphase_phases(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarray, int], ...],
+                      k0: int, j0: int, j1: int) -> list[tuple[slice, np.ndarray]]:
+    """Outputs [j0, j1) phase by phase: ``(positions relative to j0, values)`` per phase (every
+    ``r``-th output along ``axis``, adjacent in ``values``)."""
     r = len(kernels)
     n = block.shape[axis]
-    shape = list(block.shape)
-    shape[axis] = j1 - j0
-    out = np.empty(shape, dtype=np.float32)
+    phases = []
     for p, (kern, shift) in enumerate(kernels):
         jp = j0 + (p - j0) % r  # first output of this phase
         if jp >= j1:
@@ -230,9 +230,18 @@ def _polyphase_axis(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarra
         start = (jp - p) // r + shift - k0  # block index of the first tap of the first output
         if start < 0 or start + count - 1 + len(kern) > n:
             raise ValueError("LR block too small for the requested output range (halo bug)")
-        y = _apply_kernel(block, axis, kern, start, count)
+        phases.append((slice(jp - j0, j1 - j0, r), _apply_kernel(block, axis, kern, start, count)))
+    return phases
+
+
+def _polyphase_axis(block: np.ndarray, axis: int, kernels: tuple[tuple[np.ndarray, int], ...],
+                    k0: int, j0: int, j1: int) -> np.ndarray:
+    shape = list(block.shape)
+    shape[axis] = j1 - j0
+    out = np.empty(shape, dtype=np.float32)
+    for where, y in _polyphase_phases(block, axis, kernels, k0, j0, j1):
         dst = [slice(None)] * block.ndim
-        dst[axis] = slice(jp - j0, None, r)
+        dst[axis] = where
         # computed contiguous, then interleaved: faster than ufuncs writing every r-th row in place
         out[tuple(dst)] = y
     return out
@@ -278,6 +287,30 @@ def resample_rows(half: np.ndarray, rows: AxisMap, k_row0: int, out_rows: tuple[
     if kind not in RESAMPLING:
         raise ValueError(f"unknown resampling {kind!r}")
     return resample_axis(half, 1, rows, k_row0, out_rows[0], out_rows[1], extent, kind)
+
+
+def phase_count(amap: AxisMap, extent: int, kind: str = "23tap") -> int:
+    """How many pairs :func:`resample_rows_phases` gives for a long range: the integer ratio, or 1."""
+    kernels = _phase_kernels(amap, extent, kind)
+    return 1 if kernels is None else len(kernels)
+
+
+def resample_rows_phases(half: np.ndarray, rows: AxisMap, k_row0: int, out_rows: tuple[int, int], extent: int,
+                         kind: str = "23tap") -> list[tuple[slice, np.ndarray]]:
+    """:func:`resample_rows` without interleaving the rows of the phases: ``(rows relative to
+    out_rows[0], values)`` pairs that together cover the range once, each values (B, n, W) with
+    rows of unit stride.
+
+    For an integer ratio ``r`` one pair per phase (every ``r``-th row); otherwise one pair with all
+    rows. A per-pixel computation can run on each pair with the matching rows of its other inputs
+    and write the matching rows of its output, sparing the copy that interleaves the phases. The
+    values are those of :func:`resample_rows`."""
+    if kind not in RESAMPLING:
+        raise ValueError(f"unknown resampling {kind!r}")
+    kernels = _phase_kernels(rows, extent, kind)
+    if kernels is None:
+        return [(slice(0, out_rows[1] - out_rows[0]), resample_rows(half, rows, k_row0, out_rows, extent, kind))]
+    return _polyphase_phases(half, 1, kernels, k_row0, out_rows[0], out_rows[1])
 
 
 def nearest_lr_index(amap: AxisMap, j0: int, j1: int) -> np.ndarray:

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pansharpen_cli.filters import interp23tap
-from pansharpen_cli.resample import AxisMap, lr_range, resample_block, resample_cols, resample_rows
+from pansharpen_cli.resample import (
+    AxisMap,
+    lr_range,
+    resample_block,
+    resample_cols,
+    resample_rows,
+    resample_rows_phases,
+)
 
 
 def _toolbox_map(r: int) -> AxisMap:
@@ -70,3 +77,24 @@ def test_any_band_of_rows_from_the_column_pass_equals_the_whole_block(a: int, b:
     i0, i1 = a, min(a + b, 120)
     band = resample_rows(half, amap, kr[0], (i0, i1), 10**4, kind)
     assert np.array_equal(band, whole[:, i0:i1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.integers(0, 90), b=st.integers(1, 40), r=st.sampled_from([2, 2.5, 3, 4]), off=st.floats(-0.5, 0.5),
+       kind=st.sampled_from(["23tap", "cubic"]))
+def test_phases_cover_each_row_once_with_the_interleaved_values(a: int, b: int, r: float, off: float,
+                                                                kind: str) -> None:
+    rng = np.random.default_rng(5)
+    ms = rng.uniform(0, 1000, size=(2, 60, 60)).astype(np.float32)
+    amap = AxisMap(1.0 / r, off)
+    kr = lr_range(amap, 0, 130, 10**4)
+    half = ms[:, np.clip(np.arange(*kr), 0, 59)]
+    i0, i1 = a, min(a + b, 130)
+    want = resample_rows(half, amap, kr[0], (i0, i1), 10**4, kind)
+    got = np.full_like(want, np.nan)
+    seen = np.zeros(i1 - i0, int)
+    for rows, vals in resample_rows_phases(half, amap, kr[0], (i0, i1), 10**4, kind):
+        got[:, rows] = vals
+        seen[rows] += 1
+    assert (seen == 1).all()
+    assert np.array_equal(got, want)
