@@ -120,8 +120,9 @@ class Method:
     #: whether :meth:`fit` needs ``SceneInfo.pan_sample``/``ms_sample``
     needs_scene_sample: ClassVar[bool] = False
     #: whether each output pixel depends only on the inputs at that pixel (and on constants fitted
-    #: scene-wide): the engine may then run :meth:`fuse_tile` on bands of rows of a tile that stay
-    #: in the CPU cache (must give the same values as the whole tile)
+    #: scene-wide): the engine may then run :meth:`fuse_tile` on any subset of a tile's rows (every
+    #: ``r``-th row of a band that stays in the CPU cache; ``pan`` rows then have a stride), which
+    #: must give the same values as the whole tile
     per_pixel: ClassVar[bool] = False
     #: extra provenance (weights hash, ...)
     provenance: dict[str, str]
