@@ -331,10 +331,19 @@ class _Engine:
         pan, pan_valid, lr, lr_valid, kr, kc, rows, cols = raw
         ms_up = resample_block(lr, a.rows, a.cols, kr[0], kc[0], rows, cols, (a.height, a.width),
                                self.plan.method.resampling)
+        return TileInput(pan=pan, ms_up=ms_up, valid=self._valid(pan_valid, lr_valid, kr, kc, rows, cols))
+
+    def _valid(self, pan_valid: np.ndarray, lr_valid: np.ndarray, kr: tuple[int, int], kc: tuple[int, int],
+               rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """Validity of output ``rows`` x ``cols``: the PAN's and that of the nearest pixel of the MS
+        read (``lr_valid``, LR rows ``kr``, columns ``kc``); ``pan_valid`` itself when the MS read is
+        all valid (the usual case: no gather)."""
+        if lr_valid.all():
+            return pan_valid
+        a = self.plan.alignment
         nr = nearest_lr_index(a.rows, *rows) - kr[0]
         nc = nearest_lr_index(a.cols, *cols) - kc[0]
-        ms_valid = lr_valid[np.ix_(nr, nc)]
-        return TileInput(pan=pan, ms_up=ms_up, valid=pan_valid & ms_valid)
+        return pan_valid & lr_valid.take(nr, axis=0).take(nc, axis=1)
 
     def inputs(self, w: Window) -> TileInput:
         return self._compute(self._read(w))
@@ -449,16 +458,11 @@ class _Engine:
         """
         a = self.plan.alignment
         method = self.plan.method
-        kind = self.plan.method.resampling
+        kind = method.resampling
         pan, pan_valid, lr, lr_valid, kr, kc, _rows, _cols = raw
         c, h, wd = context, w.height, w.width
-        pan, pan_valid = pan[c:c + h, c:c + wd], pan_valid[c:c + h, c:c + wd]
-        if lr_valid.all():
-            valid = pan_valid
-        else:
-            nr = nearest_lr_index(a.rows, w.row, w.row_stop) - kr[0]
-            nc = nearest_lr_index(a.cols, w.col, w.col_stop) - kc[0]
-            valid = pan_valid & lr_valid.take(nr, axis=0).take(nc, axis=1)
+        pan = pan[c:c + h, c:c + wd]
+        valid = self._valid(pan_valid[c:c + h, c:c + wd], lr_valid, kr, kc, (w.row, w.row_stop), (w.col, w.col_stop))
         if not valid.any():
             sink.fill_empty(dest)
             return False

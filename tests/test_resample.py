@@ -61,21 +61,27 @@ def test_non_dyadic_ratio_interpolates_linear_ramps_exactly() -> None:
     assert np.allclose(out[0, 0], expected, atol=1e-4)
 
 
+def _lr_block(amap: AxisMap, n_out: int, seed: int, size: int = 60) -> tuple[np.ndarray, int]:
+    """A random (2, size, size) MS gathered (edge-clamped) over the LR range of outputs [0, n_out)
+    along both axes, and the first LR index of that range."""
+    ms = np.random.default_rng(seed).uniform(0, 1000, size=(2, size, size)).astype(np.float32)
+    k = lr_range(amap, 0, n_out, 10**4)
+    idx = np.clip(np.arange(*k), 0, size - 1)
+    return ms[:, idx][:, :, idx], k[0]
+
+
 @settings(max_examples=25, deadline=None)
 @given(a=st.integers(0, 90), b=st.integers(1, 40), r=st.sampled_from([2, 3, 4]), off=st.floats(-0.5, 0.5),
        kind=st.sampled_from(["23tap", "cubic"]))
 def test_any_band_of_rows_from_the_column_pass_equals_the_whole_block(a: int, b: int, r: int, off: float,
                                                                       kind: str) -> None:
     # the per-pixel engine interpolates columns once per tile and rows band by band
-    rng = np.random.default_rng(2)
-    ms = rng.uniform(0, 1000, size=(2, 50, 50)).astype(np.float32)
     amap = AxisMap(1.0 / r, off)
-    kr, kc = lr_range(amap, 0, 120, 10**4), lr_range(amap, 0, 120, 10**4)
-    block = ms[:, np.clip(np.arange(*kr), 0, 49)][:, :, np.clip(np.arange(*kc), 0, 49)]
-    whole = resample_block(block, amap, amap, kr[0], kc[0], (0, 120), (0, 120), (10**4, 10**4), kind)
-    half = resample_cols(block, amap, kc[0], (0, 120), 10**4, kind)
+    block, k0 = _lr_block(amap, 120, seed=2)
+    whole = resample_block(block, amap, amap, k0, k0, (0, 120), (0, 120), (10**4, 10**4), kind)
+    half = resample_cols(block, amap, k0, (0, 120), 10**4, kind)
     i0, i1 = a, min(a + b, 120)
-    band = resample_rows(half, amap, kr[0], (i0, i1), 10**4, kind)
+    band = resample_rows(half, amap, k0, (i0, i1), 10**4, kind)
     assert np.array_equal(band, whole[:, i0:i1])
 
 
@@ -84,16 +90,13 @@ def test_any_band_of_rows_from_the_column_pass_equals_the_whole_block(a: int, b:
        kind=st.sampled_from(["23tap", "cubic"]))
 def test_phases_cover_each_row_once_with_the_interleaved_values(a: int, b: int, r: float, off: float,
                                                                 kind: str) -> None:
-    rng = np.random.default_rng(5)
-    ms = rng.uniform(0, 1000, size=(2, 60, 60)).astype(np.float32)
     amap = AxisMap(1.0 / r, off)
-    kr = lr_range(amap, 0, 130, 10**4)
-    half = ms[:, np.clip(np.arange(*kr), 0, 59)]
+    half, k0 = _lr_block(amap, 130, seed=5)
     i0, i1 = a, min(a + b, 130)
-    want = resample_rows(half, amap, kr[0], (i0, i1), 10**4, kind)
+    want = resample_rows(half, amap, k0, (i0, i1), 10**4, kind)
     got = np.full_like(want, np.nan)
     seen = np.zeros(i1 - i0, int)
-    for rows, vals in resample_rows_phases(half, amap, kr[0], (i0, i1), 10**4, kind):
+    for rows, vals in resample_rows_phases(half, amap, k0, (i0, i1), 10**4, kind):
         got[:, rows] = vals
         seen[rows] += 1
     assert (seen == 1).all()
