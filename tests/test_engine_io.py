@@ -319,3 +319,37 @@ def test_writer_hands_whole_block_rows_over_without_copy(tmp_path: Path, backgro
             wr.write_rows(row, data[:, row:row + n].copy(), owned=True)
             row += n
     assert np.array_equal(read(out), data)
+
+
+def test_scene_sample_skipped_when_no_pixel_can_be_invalid(tmp_path: Path, monkeypatch) -> None:
+    """Integer inputs without nodata, no sensor bit depth to check: nothing is sampled, and the
+    file is the one the sampled path writes."""
+    from pansharpen_cli import pipeline
+    from pansharpen_cli.raster import SceneReader
+
+    pan_p, ms_p = real_pair(tmp_path, size=1040, ratio=4)  # > 1024: the light sample takes crops
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_may_be_invalid", lambda plan: True)
+        fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "sampled.tif", method="wbrovey", tile=256))
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the scene was sampled")
+
+    monkeypatch.setattr(SceneReader, "sample_ms_lr", refuse)
+    monkeypatch.setattr(SceneReader, "sample", refuse)
+    fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "direct.tif", method="wbrovey", tile=256))
+    assert np.array_equal(read(tmp_path / "direct.tif"), read(tmp_path / "sampled.tif"))
+    # a nodata value (here from --nodata) brings the sample back
+    with pytest.raises(AssertionError, match="sampled"):
+        fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "nod.tif", method="wbrovey", tile=256, nodata=0))
+
+
+def test_sensor_bit_depth_is_still_checked_against_the_data(tmp_path: Path) -> None:
+    # QuickBird is 11-bit; MS values above 2047 widen the output range to 16 bits, with a notice
+    pan_p, ms_p = real_pair(tmp_path, size=128, ratio=4)
+    assert read(ms_p).max() > 2047
+    notes: list[str] = []
+    s = fuse(FuseRequest(pan=pan_p, ms=ms_p, out=tmp_path / "o.tif", method="wbrovey", sensor="QB"),
+             notice=notes.append)
+    assert s["bit_depth"] == 16
+    assert any("above the 11-bit range" in n for n in notes)
