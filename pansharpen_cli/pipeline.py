@@ -405,10 +405,7 @@ class _Engine:
                 sink.fill_empty(dest)  # all nodata: skipped
                 return
             valid = t.valid[c:c + w.height, c:c + w.width]
-            data = f[:, c:c + w.height, c:c + w.width]
-            if not data.flags.writeable or np.may_share_memory(data, t.pan):
-                data = data.copy()  # the sink overwrites its input (each TileInput serves one tile)
-            sink(data, None if valid.all() else valid, dest)
+            sink(_sink_input(f[:, c:c + w.height, c:c + w.width], t.pan), None if valid.all() else valid, dest)
 
         def has_data(w: Window, t: TileInput) -> bool:
             return bool(t.valid[c:c + w.height, c:c + w.width].any())
@@ -475,9 +472,7 @@ class _Engine:
                 rows = slice(j + rows.start, j + rows.stop, rows.step)
                 v = valid[rows]
                 f = method.fuse_tile(TileInput(pan=pan[rows], ms_up=up, valid=v))
-                if not f.flags.writeable or np.may_share_memory(f, pan):
-                    f = f.copy()  # the sink overwrites its input (``up`` is this band's own)
-                sink(f, None if all_valid else v, dest[:, rows])
+                sink(_sink_input(f, pan), None if all_valid else v, dest[:, rows])
         return True
 
     def tile(self, w_core: Window, context: int) -> np.ndarray:
@@ -531,6 +526,15 @@ class _RowReader:
             # let a running read finish before the datasets close; drop anything queued
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _sink_input(fused: np.ndarray, pan: np.ndarray) -> np.ndarray:
+    """A method's output as a sink may take it: sinks overwrite their input, which is fine for the
+    method's own arrays (each TileInput, and each band's interpolated MS, serves one output) but
+    not for a read-only array or one sharing the PAN's memory: those are copied."""
+    if not fused.flags.writeable or np.may_share_memory(fused, pan):
+        return fused.copy()
+    return fused
 
 
 class _OutputSink:
