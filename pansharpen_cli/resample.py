@@ -193,8 +193,11 @@ def _phase_kernels(amap: AxisMap, extent: int, kind: str = "23tap") -> tuple[tup
     """Per output phase ``p``: (kernel, shift) with ``out[p + r*m] = sum_t K[t] * x[m + shift + t]``.
 
     Derived from the float64 reference chain applied to unit impulses around a representative
-    output pixel of each phase; ``None`` when the map is not periodic.
+    output pixel of each phase; ``None`` when the map is not periodic. Every resampling path asks
+    here first, so this is where an unknown ``kind`` raises ``ValueError``.
     """
+    if kind not in RESAMPLING:
+        raise ValueError(f"unknown resampling {kind!r}")
     r = _period(amap)
     if r is None:
         return None
@@ -272,8 +275,6 @@ def resample_block(block: np.ndarray, rows: AxisMap, cols: AxisMap, k_row0: int,
 def resample_cols(block: np.ndarray, cols: AxisMap, k_col0: int, out_cols: tuple[int, int], extent: int,
                   kind: str = "23tap") -> np.ndarray:
     """The first half of :func:`resample_block`: (B, h, w) LR -> (B, h, W), still on LR rows."""
-    if kind not in RESAMPLING:
-        raise ValueError(f"unknown resampling {kind!r}")
     block = np.ascontiguousarray(block, dtype=np.float32)
     return resample_axis(block, 2, cols, k_col0, out_cols[0], out_cols[1], extent, kind)
 
@@ -284,8 +285,6 @@ def resample_rows(half: np.ndarray, rows: AxisMap, k_row0: int, out_rows: tuple[
 
     Any range of output rows can be asked for (``half`` must hold their LR halo, as a block made
     for a larger range does): each output row is computed the same way whatever range it is in."""
-    if kind not in RESAMPLING:
-        raise ValueError(f"unknown resampling {kind!r}")
     return resample_axis(half, 1, rows, k_row0, out_rows[0], out_rows[1], extent, kind)
 
 
@@ -305,8 +304,6 @@ def resample_rows_phases(half: np.ndarray, rows: AxisMap, k_row0: int, out_rows:
     rows. A per-pixel computation can run on each pair with the matching rows of its other inputs
     and write the matching rows of its output, sparing the copy that interleaves the phases. The
     values are those of :func:`resample_rows`."""
-    if kind not in RESAMPLING:
-        raise ValueError(f"unknown resampling {kind!r}")
     kernels = _phase_kernels(rows, extent, kind)
     if kernels is None:
         return [(slice(0, out_rows[1] - out_rows[0]), resample_rows(half, rows, k_row0, out_rows, extent, kind))]
