@@ -3,10 +3,12 @@
 Only this module imports typer and rich. Library errors become one line on stderr and exit code
 2 (usage) or 1 (runtime); Ctrl-C exits 130 and leaves nothing at the destination. Heavy modules
 (rasterio, scipy, torch) are imported inside the commands so that ``--help`` starts fast.
+
+No ``from __future__ import annotations`` in the CLI modules: typer would ``eval`` every string
+annotation (each ``Annotated[..., typer.Option(...)]``) again at every run, ~40 ms of start-up.
 """
 
-from __future__ import annotations
-
+import copy
 import json
 import os
 import sys
@@ -22,7 +24,6 @@ from typing import Annotated, Any
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
 
 from . import __version__  # noqa: E402
 
@@ -35,7 +36,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err = Console(stderr=True, highlight=False)
+
+class _StderrConsole:
+    """rich's ``Console(stderr=True)``, created on first use: importing rich costs ~30 ms, which a
+    run that prints nothing on stderr (``--quiet``, ``--json``, batch workers) need not pay."""
+
+    _console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if _StderrConsole._console is None:
+            from rich.console import Console
+
+            _StderrConsole._console = Console(stderr=True, highlight=False)
+        return getattr(_StderrConsole._console, name)
+
+
+def _stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+err = _StderrConsole()
 
 
 def _fail(message: str, code: int) -> None:
@@ -421,7 +443,7 @@ def _print_plan(d: dict[str, Any]) -> None:
     t.add_row("memory estimate", f"{d['memory_estimate_mib']} MiB")
     for n in d["notices"]:
         t.add_row("note", n)
-    Console(highlight=False).print(t)
+    _stdout_console().print(t)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,7 +479,7 @@ def info(
     t = Table(title="PAN/MS alignment", show_header=False)
     for k, v in d.items():
         t.add_row(k, json.dumps(v, default=str) if not isinstance(v, str) else v)
-    Console(highlight=False).print(t)
+    _stdout_console().print(t)
 
 
 @app.command()
@@ -480,7 +502,7 @@ def sensors(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on 
     for r in rows:
         t.add_row(r["key"], r["name"], " ".join(r["bands"]), str(r["bit_depth"]), str(r["ratio"]),
                   " ".join(f"{g:.3g}" for g in r["ms_gnyq"]), f"{r['pan_gnyq']:.3g}")
-    Console(highlight=False).print(t)
+    _stdout_console().print(t)
 
 
 @app.command()
@@ -508,6 +530,32 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
+def _app_for(args: list[str]) -> typer.Typer:
+    """``app`` with only the command that ``args`` invoke, when the first argument names one.
+
+    typer turns every registered command into a click command before it parses anything (signature,
+    options, converters: ~25 ms for the 12 commands); a run needs only its own. Same parsing, help
+    and errors for that command (the group, its callback and ``--version`` stay); anything else
+    (no command, a top-level option, a mistyped name) gets the whole ``app``."""
+    if not args or args[0].startswith("-"):
+        return app
+    from typer.main import get_command_name
+
+    def name_of(info: Any) -> str | None:
+        if info.name:
+            return str(info.name)
+        callback = getattr(info, "callback", None)
+        return get_command_name(callback.__name__) if callback is not None else None
+
+    commands = [c for c in app.registered_commands if name_of(c) == args[0]]
+    groups = [g for g in app.registered_groups if (g.name or g.typer_instance.info.name) == args[0]]
+    if len(commands) + len(groups) != 1:
+        return app
+    one = copy.copy(app)
+    one.registered_commands, one.registered_groups = commands, groups
+    return one
+
+
 def main() -> None:
     """Console-script entry point: command-line mistakes also come out as one line, exit 2."""
     try:  # typer >= 0.20 vendors its own copy of click
@@ -516,7 +564,7 @@ def main() -> None:
         from click import exceptions as click
 
     try:
-        rc = app(standalone_mode=False)
+        rc = _app_for(sys.argv[1:])(standalone_mode=False)
     except click.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help() if e.ctx else "", err=True)
         sys.exit(2)

@@ -6,7 +6,7 @@ prints the report on stderr (and as JSON on stdout with ``--json``). Nothing hea
 module level.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would eval the string annotations at every run (cli.py)
 
 import json
 from pathlib import Path

@@ -6,7 +6,7 @@ scene succeeded or was skipped, 1 at least one failed, 2 usage errors (nothing r
 Nothing heavy is imported at module level.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would eval the string annotations at every run (cli.py)
 
 import json
 import os

@@ -5,7 +5,7 @@ draws the ranking tables on stderr (rich), prints JSON on stdout with ``--json``
 Nothing heavy is imported at module level (``pansharpen --help`` stays fast).
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would eval the string annotations at every run (cli.py)
 
 import json
 import os

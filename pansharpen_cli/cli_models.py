@@ -4,7 +4,7 @@ Nothing heavy at import time: ``pansharpen --help`` and ``pansharpen models --he
 torch; ``list``, ``info`` and ``verify`` only read manifests and hash files; ``import`` needs torch.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would eval the string annotations at every run (cli.py)
 
 import json
 from collections.abc import Callable

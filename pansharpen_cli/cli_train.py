@@ -4,7 +4,7 @@ A thin layer over :mod:`pansharpen_cli.training`; heavy modules (torch, rasterio
 inside the command so that ``pansharpen --help`` stays fast.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would eval the string annotations at every run (cli.py)
 
 import json
 import math

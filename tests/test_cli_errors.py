@@ -344,6 +344,43 @@ def test_help_does_not_import_torch(argv: list[str]) -> None:
     assert loaded == [], f"--help imported heavy modules: {loaded}"
 
 
+@pytest.mark.parametrize("argv", [["fuse", "--help"], ["fuse", "--tile", "many"], ["fuse", "--no-such-option"],
+                                  ["info", "--help"], ["models", "--help"], ["models", "list", "--help"],
+                                  ["sensors", "--json"]],
+                         ids=["fuse-help", "fuse-bad-value", "fuse-bad-option", "info-help", "models-help",
+                              "models-list-help", "sensors"])
+def test_one_command_app_parses_like_the_whole_app(argv: list[str]) -> None:
+    """main() builds only the invoked command (start-up): same output and exit code as the full app."""
+    from typer.testing import CliRunner
+
+    import pansharpen_cli.cli as cli
+
+    one = cli._app_for(argv)
+    assert one is not cli.app
+    assert len(one.registered_commands) + len(one.registered_groups) == 1
+    env = {"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
+    full = CliRunner().invoke(cli.app, argv, env=env)
+    lean = CliRunner().invoke(one, argv, env=env)
+    assert (lean.exit_code, lean.output) == (full.exit_code, full.output)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["fusee"], ["-h", "fuse"]])
+def test_no_single_command_gets_the_whole_app(argv: list[str]) -> None:
+    import pansharpen_cli.cli as cli
+
+    assert cli._app_for(argv) is cli.app
+
+
+def test_quiet_commands_do_not_import_rich() -> None:
+    """Errors and progress use rich; a run that prints neither does not pay for importing it."""
+    code = ("import sys, pansharpen_cli.cli as c; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(c._app_for(['sensors', '--json']), ['sensors', '--json']); "
+            "assert r.exit_code == 0, r.output; print('rich' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     pan, ms = pair
     out = tmp_path / "out.tif"
