@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import RadiometryError, UsageError
+from .fastops import clamp_
 from .methods import Method, SceneInfo, TileInput, get_method
 from .raster import (
     Alignment,
@@ -577,8 +578,7 @@ class _OutputSink:
         """``data`` (B, h, w) float (overwritten) -> ``dest``; ``valid`` None: every pixel valid."""
         nod = self.nodata
         if self.dtype.kind in "ui":
-            np.fmax(data, np.float32(self.lo), out=data)  # fmax also maps NaN to lo
-            np.fmin(data, np.float32(self.hi), out=data)
+            clamp_(data, self.lo, self.hi)  # NaN to lo, too (fmax)
             np.rint(data, out=data)
             if self.bump is not None:
                 data[data == np.float32(nod)] = np.float32(nod + self.bump)

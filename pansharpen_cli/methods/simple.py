@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..fastops import maximum_
 from .base import Method, SceneInfo, TileInput, band_mix
 
 _EPS = 1e-6
@@ -47,7 +48,7 @@ class Brovey(Method):
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         intensity = tile.ms_up.mean(axis=0)
         pan = tile.pan * np.float32(self.gain) + np.float32(self.offset)
-        gain = pan / np.maximum(intensity, _EPS)
+        gain = pan / maximum_(intensity, _EPS)
         return tile.ms_up * gain[None]
 
 
@@ -82,7 +83,7 @@ class WeightedBrovey(Method):
     def fuse_tile(self, tile: TileInput) -> np.ndarray:
         assert self.weights is not None
         pseudo = band_mix(self.weights, tile.ms_up)
-        gain = tile.pan / np.maximum(pseudo, _EPS)
+        gain = tile.pan / maximum_(pseudo, _EPS)
         return tile.ms_up * gain[None]
 
 
