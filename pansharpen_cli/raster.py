@@ -621,6 +621,38 @@ def check_destination(path: str | Path, overwrite: bool) -> Path:
     return p
 
 
+def _gtiff_options(fmt: str, user_options: dict[str, str], dtype: str) -> dict[str, str]:
+    """Creation options of the GeoTIFF that :class:`OutputWriter` writes (the COG step's input for COG)."""
+    opts = dict(DEFAULT_GTIFF_OPTIONS)
+    opts["NUM_THREADS"] = GDAL_ENV["GDAL_NUM_THREADS"]  # batch workers lower it
+    opts["PREDICTOR"] = "3" if np.dtype(dtype).kind == "f" else "2"
+    if fmt == "GTiff":
+        opts.update(user_options)
+    else:
+        opts.update({"COMPRESS": "DEFLATE", "ZLEVEL": "1"})  # fast intermediate; COG step recompresses
+    return opts
+
+
+def output_block_size(fmt: str, creation_options: dict[str, str] | None, width: int, height: int) -> tuple[int, int]:
+    """(rows, columns) of the blocks :class:`OutputWriter` writes: the tile size of a tiled output
+    (the default), else one full-width row (strips)."""
+    opts = _gtiff_options("COG" if fmt.upper() == "COG" else "GTiff", dict(creation_options or {}), "uint8")
+    if opts.get("TILED", "YES").upper() in ("YES", "TRUE", "1"):
+        return min(int(opts.get("BLOCKYSIZE", 512)), height), min(int(opts.get("BLOCKXSIZE", 512)), width)
+    return 1, width
+
+
+@dataclass
+class _Stripe:
+    """Write state of a column range of the output: next row, rows buffered towards a block row."""
+
+    col0: int
+    width: int
+    row0: int = 0
+    n: int = 0
+    buf: np.ndarray | None = None
+
+
 class OutputWriter:
     """Writes an output raster to a temporary file beside the destination; renames it at the end.
 
@@ -649,14 +681,14 @@ class OutputWriter:
         self._ds = None
         self._pool = None
         self._pending: list = []  # (future, buffer) of block rows being compressed in the background
-        self._spare: list[np.ndarray] = []
+        self._spare: list[np.ndarray] = []  # block-row buffers back from the writer thread, for reuse
         #: seconds the writer thread spent in GDAL (compression and I/O)
         self.busy_s = 0.0
         #: compress and write in a background thread (False: in the caller's thread)
         self.background = background
-        self._buf: np.ndarray | None = None
-        self._buf_row0 = 0
-        self._buf_n = 0
+        #: column ranges being written, by first column (one, the whole width, unless the caller
+        #: writes vertical stripes)
+        self._stripes: dict[int, _Stripe] = {}
         self._env = rasterio.Env(**GDAL_ENV)
 
     # The temporary name is hidden, beside the destination (same file system: atomic rename).
@@ -664,21 +696,16 @@ class OutputWriter:
         return self.dest.with_name(f".{self.dest.name}.{os.getpid()}.{suffix}.tif")
 
     def _gtiff_options(self) -> dict[str, str]:
-        opts = dict(DEFAULT_GTIFF_OPTIONS)
-        opts["NUM_THREADS"] = GDAL_ENV["GDAL_NUM_THREADS"]  # batch workers lower it
-        opts["PREDICTOR"] = "3" if np.dtype(self.dtype).kind == "f" else "2"
-        if self.fmt == "GTiff":
-            opts.update(self.user_options)
-        else:
-            opts.update({"COMPRESS": "DEFLATE", "ZLEVEL": "1"})  # fast intermediate; COG step recompresses
-        return opts
+        return _gtiff_options(self.fmt, self.user_options, self.dtype)
 
     @property
     def block_height(self) -> int:
-        opts = self._gtiff_options()
-        if opts.get("TILED", "YES").upper() in ("YES", "TRUE", "1"):
-            return int(opts.get("BLOCKYSIZE", 512))
-        return 1
+        return output_block_size(self.fmt, self.user_options, self.width, self.height)[0]
+
+    @property
+    def block_width(self) -> int:
+        """Width of the output's blocks: a stripe written on its own must start on a multiple of it."""
+        return output_block_size(self.fmt, self.user_options, self.width, self.height)[1]
 
     def __enter__(self) -> OutputWriter:
         self._env.__enter__()
@@ -698,59 +725,82 @@ class OutputWriter:
             self._cleanup()
             raise UsageError(f"GDAL refused the output settings: {str(e).splitlines()[0][:160]}", path=self.dest,
                              fix="check the --co options") from None
-        bh = min(self.block_height, self.height)
-        self._buf = np.empty((self.count, bh, self.width), dtype=self.dtype)
         from concurrent.futures import ThreadPoolExecutor
 
         # GDAL compresses (and rasterio releases the GIL) in this thread while the next tiles are computed
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pansharpen-writer")
         return self
 
-    def write_rows(self, row0: int, block: np.ndarray, *, owned: bool = False) -> None:
-        """Write ``block`` (count, n, width) at canvas row ``row0``; rows must arrive in order.
+    def _stripe(self, col0: int, width: int) -> _Stripe:
+        st = self._stripes.get(col0)
+        if st is None:
+            if col0 < 0 or col0 + width > self.width or width <= 0:
+                raise ValueError(f"columns [{col0}, {col0 + width}) are outside the raster's {self.width}")
+            if width < self.width and col0 % self.block_width:
+                raise ValueError(f"a stripe must start on a block boundary ({self.block_width} px), not at {col0}")
+            st = self._stripes[col0] = _Stripe(col0, width)
+        elif st.width != width:
+            raise ValueError(f"the stripe at column {col0} is {st.width} px wide, not {width}")
+        return st
 
+    def write_rows(self, row0: int, block: np.ndarray, *, owned: bool = False, col0: int = 0) -> None:
+        """Write ``block`` (count, n, w) at canvas row ``row0``, columns ``col0`` to ``col0 + w``.
+
+        Rows of the same column range must arrive in order. Several column ranges (vertical
+        stripes, each starting on a block boundary) may be written interleaved: each is buffered
+        into whole block rows of its own, so that GDAL compresses every block once.
         ``owned``: the caller never touches ``block`` again, so a block that is exactly one whole
         block row (or the last rows) is handed to the writer thread as it is, without a copy."""
-        assert self._buf is not None
-        if row0 != self._buf_row0 + self._buf_n:
+        n, w = block.shape[1], block.shape[2]
+        st = self._stripe(col0, w)
+        if row0 != st.row0 + st.n:
             raise RuntimeError("rows must be written in order")
-        bh = self._buf.shape[1]
-        n = block.shape[1]
-        if (owned and self._buf_n == 0 and (n == bh or row0 + n == self.height) and n <= bh
-                and block.flags.c_contiguous and block.dtype == self._buf.dtype):
-            self._submit(block, n, own_buffer=False)
+        bh = min(self.block_height, self.height)
+        if (owned and st.n == 0 and (n == bh or row0 + n == self.height) and n <= bh
+                and block.flags.c_contiguous and block.dtype == np.dtype(self.dtype)):
+            self._submit(st, block, n, own_buffer=False)
             return
         i = 0
         while i < n:
-            take = min(bh - self._buf_n, n - i)
-            self._buf[:, self._buf_n:self._buf_n + take] = block[:, i:i + take]
-            self._buf_n += take
+            if st.buf is None:
+                st.buf = self._new_buffer(bh, w)
+            take = min(bh - st.n, n - i)
+            st.buf[:, st.n:st.n + take] = block[:, i:i + take]
+            st.n += take
             i += take
-            if self._buf_n == bh:
-                self._flush()
+            if st.n == bh:
+                self._flush(st)
 
-    def _flush(self) -> None:
-        """Hand the filled block row to the writer thread."""
-        if self._buf_n == 0:
+    def _new_buffer(self, rows: int, width: int) -> np.ndarray:
+        for k, b in enumerate(self._spare):
+            if b.shape == (self.count, rows, width):
+                return self._spare.pop(k)
+        return np.empty((self.count, rows, width), dtype=self.dtype)
+
+    def _flush(self, st: _Stripe) -> None:
+        """Hand a stripe's filled (or last, partial) block row to the writer thread."""
+        if st.n == 0:
             return
-        assert self._buf is not None
-        self._submit(self._buf, self._buf_n, own_buffer=True)
+        assert st.buf is not None
+        self._submit(st, st.buf, st.n, own_buffer=True)
 
-    def _submit(self, buf: np.ndarray, n: int, *, own_buffer: bool) -> None:
-        """Write rows ``buf[:, :n]`` at the next row, in the writer thread (at most two in flight)."""
+    def _submit(self, st: _Stripe, buf: np.ndarray, n: int, *, own_buffer: bool) -> None:
+        """Write rows ``buf[:, :n]`` at the stripe's next row, in the writer thread (at most two in flight)."""
         assert self._ds is not None and self._pool is not None
-        row0 = self._buf_row0
+        window = RioWindow(st.col0, st.row0, buf.shape[2], n)
+        if own_buffer:
+            st.buf = None  # the next rows go to a fresh (or recycled) buffer
         if not self.background:  # in the caller's thread (for measuring what the writer thread gains)
-            self._write(buf[:, :n], RioWindow(0, row0, self.width, n))
+            self._write(buf[:, :n], window)
+            if own_buffer:
+                self._spare.append(buf)
         else:
-            fut = self._pool.submit(self._write, buf[:, :n], RioWindow(0, row0, self.width, n))
+            fut = self._pool.submit(self._write, buf[:, :n], window)
             self._pending.append((fut, buf if own_buffer else None))
             while len(self._pending) > 2:
                 self._retire()
-            if own_buffer:
-                self._buf = self._spare.pop() if self._spare else np.empty_like(buf)
-        self._buf_row0 += n
-        self._buf_n = 0
+        st.row0 += n
+        st.n = 0
 
     def _write(self, data: np.ndarray, window: RioWindow) -> None:
         t = time.perf_counter()
@@ -772,6 +822,19 @@ class OutputWriter:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+    def _check_complete(self) -> None:
+        """Every pixel written: the stripes tile the width and each reached the last row."""
+        col = 0
+        for c0 in sorted(self._stripes):
+            st = self._stripes[c0]
+            if c0 != col:
+                break
+            if st.row0 != self.height:
+                raise RuntimeError(f"only {st.row0} of {self.height} rows were written (columns {c0}-{c0 + st.width})")
+            col = c0 + st.width
+        if self.height and col != self.width:
+            raise RuntimeError(f"columns from {col} of {self.width} were not written in full")
 
     def _finish_metadata(self) -> None:
         ds = self._ds
@@ -798,11 +861,11 @@ class OutputWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self._flush()
+                for st in self._stripes.values():
+                    self._flush(st)
             self._drain()
             if exc_type is None:
-                if self.height and self._buf_row0 != self.height:
-                    raise RuntimeError(f"only {self._buf_row0} of {self.height} rows were written")
+                self._check_complete()
                 self._finish_metadata()
             if self._ds is not None:
                 self._ds.close()
