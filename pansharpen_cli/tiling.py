@@ -111,6 +111,49 @@ class TilePlan:
             yield from self.row_tiles(i)
 
 
+    def columns(self, j0: int, j1: int) -> TilePlan:
+        """The plan of tile columns [j0, j1) alone, as a canvas of their own: same rows, columns
+        shifted so that tile ``j0`` starts at 0 (a vertical stripe of the canvas)."""
+        if not 0 <= j0 < j1 <= len(self.col_starts):
+            raise ValueError(f"no tile columns [{j0}, {j1}) in a plan of {len(self.col_starts)}")
+        c0 = self.col_starts[j0]
+        starts = tuple(c - c0 for c in self.col_starts[j0:j1])
+        return TilePlan(self.height, starts[-1] + self.tile_width, self.tile, self.overlap, self.context,
+                        self.row_starts, starts)
+
+
+def column_groups(plan: TilePlan, max_width: int, align: int = 1) -> list[tuple[int, int]]:
+    """Split the tile columns into consecutive groups ``[j0, j1)`` spanning at most ``max_width``
+    canvas columns each (a group holds at least one tile).
+
+    A group may only start at a tile that overlaps no earlier tile and whose first column is a
+    multiple of ``align`` (the output's block width: each group then covers whole output blocks);
+    where no such start falls within ``max_width`` the group grows to the next one. One group
+    (``[(0, n)]``) when the canvas is narrow enough or no column may start a group.
+    """
+    if max_width <= 0 or align <= 0:
+        raise ValueError("max_width and align must be positive")
+    starts, tw = plan.col_starts, plan.tile_width
+    n = len(starts)
+    ok = [j > 0 and starts[j - 1] + tw <= starts[j] and starts[j] % align == 0 for j in range(n)]
+    groups: list[tuple[int, int]] = []
+    j0 = 0
+    while j0 < n:
+        end = None  # the last allowed end within max_width, else the first allowed end
+        for j in range(j0 + 1, n + 1):
+            if j < n and not ok[j]:
+                continue
+            if starts[j - 1] + tw - starts[j0] <= max_width:
+                end = j
+            else:
+                end = end if end is not None else j
+                break
+        assert end is not None  # j == n is always allowed
+        groups.append((j0, end))
+        j0 = end
+    return groups
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int) -> TilePlan:
     """Plan the tiles of an (height, width) canvas."""
     if height <= 0 or width <= 0:
@@ -154,7 +197,8 @@ def blend_into(dst: np.ndarray, src: np.ndarray, axis: int, overlap: int, nodata
 class StripAssembler:
     """Stitches the tiles of one plan row by row and yields finished canvas rows.
 
-    Memory is one strip (bands x tile x width) plus the overlap carried to the next strip.
+    Memory is one strip (bands x tile x width) plus the overlap carried to the next strip; for a
+    vertical stripe of the canvas give the plan of its columns (:meth:`TilePlan.columns`).
     Either call :meth:`add_row` with the cropped tile outputs of each tile row, in order, or, to
     save a copy per tile, :meth:`begin_row`, let each tile that :meth:`direct_view` allows write
     its output straight into the strip, and :meth:`finish_row` with the others. Both return

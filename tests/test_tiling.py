@@ -152,3 +152,41 @@ def test_direct_view_only_where_no_earlier_tile_overlaps() -> None:
     asm.begin_row()
     assert [asm.direct_view(j) is not None for j in range(3)] == [True, True, False]
     assert asm.direct_view(1).shape == (1, 8, 16)
+
+
+# -- column groups (vertical stripes) ---------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(width=st.integers(1, 3000), tile=st.integers(8, 600), overlap=st.integers(0, 100),
+       max_width=st.integers(1, 2500), align=st.sampled_from([1, 16, 64, 512]))
+def test_column_groups_cover_the_row_on_allowed_boundaries(width: int, tile: int, overlap: int, max_width: int,
+                                                            align: int) -> None:
+    from pansharpen_cli.tiling import column_groups
+
+    plan = plan_tiles(100, width, tile, min(overlap, tile - 1), 0)
+    groups = column_groups(plan, max_width, align)
+    starts, tw = plan.col_starts, plan.tile_width
+    assert groups[0][0] == 0 and groups[-1][1] == len(starts)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(groups, [*groups[1:], (groups[-1][1], None)], strict=True))
+    for j0, _ in groups[1:]:
+        assert starts[j0] % align == 0 and starts[j0 - 1] + tw <= starts[j0]  # never splits overlapping tiles
+    for k, (j0, j1) in enumerate(groups):
+        span = starts[j1 - 1] + tw - starts[j0]
+        if span > max_width and k + 1 < len(groups):  # too wide only where no earlier cut was allowed
+            assert not any(starts[j] % align == 0 and starts[j - 1] + tw <= starts[j] and
+                           starts[j - 1] + tw - starts[j0] <= max_width for j in range(j0 + 1, j1))
+        sub = plan.columns(j0, j1)
+        assert sub.width == span and sub.row_starts == plan.row_starts
+        assert [c + starts[j0] for c in sub.col_starts] == list(starts[j0:j1])
+
+
+def test_column_groups_of_the_default_output() -> None:
+    from pansharpen_cli.tiling import column_groups
+
+    plan = plan_tiles(8192, 8192, 512, 0, 0)
+    assert column_groups(plan, 4096, 512) == [(0, 8), (8, 16)]
+    assert column_groups(plan, 1 << 20, 512) == [(0, 16)]
+    snapped = plan_tiles(100, 3000, 512, 0, 0)  # starts 0, 512, ..., 2048, 2488 (overlaps 2048)
+    assert column_groups(snapped, 1024, 512) == [(0, 2), (2, 4), (4, 6)]
+    assert column_groups(plan_tiles(100, 3000, 300, 0, 0), 1024, 512) == [(0, 10)]  # no start on a block edge
