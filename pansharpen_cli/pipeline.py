@@ -33,6 +33,7 @@ from .raster import (
     dtype_range,
     inspect_ms,
     inspect_raster,
+    output_block_size,
 )
 from .resample import (
     RESAMPLING,
@@ -45,7 +46,7 @@ from .resample import (
 )
 from .runtime import tune_malloc
 from .sensors import Sensor, generic_sensor, get_sensor
-from .tiling import StripAssembler, TilePlan, Window, plan_tiles
+from .tiling import StripAssembler, TilePlan, Window, column_groups, plan_tiles
 
 
 @dataclass
@@ -100,6 +101,10 @@ NoticeCallback = Callable[[str], None]
 #: beyond that (very wide or many-band scenes) it prefetches raw reads and the loop interpolates
 PREFETCH_INPUTS_BUDGET = 256 * 2**20
 
+#: widest vertical stripe (PAN pixels) that the tile loop holds at once when tiles do not overlap:
+#: strips, reads and write buffers scale with it, not with the scene's width
+STRIPE_MAX_WIDTH = 4096
+
 
 @dataclass
 class FusePlan:
@@ -124,7 +129,7 @@ class FusePlan:
     def memory_estimate(self) -> int:
         """Bytes the tile loop holds at its peak (strip + carry + tile working set + write buffer,
         and the interpolated tile row the prefetch thread holds for networks)."""
-        t, w = self.tiles, self.alignment.width
+        t, w = self.tiles, self.stripe_width
         b1 = self.bands + 1
         strip = b1 * t.tile_height * w * 4 * 2
         side = max(t.tile_height, t.tile_width) + 2 * t.context
@@ -133,10 +138,27 @@ class FusePlan:
         pre = 2 * self.prefetched_inputs_bytes() if self.prefetch_interpolates else 0
         return int(strip + work + out_buf + pre)
 
+    def column_groups(self) -> list[tuple[int, int]]:
+        """Tile columns done together (:func:`tiling.column_groups`): stripes at most
+        :data:`STRIPE_MAX_WIDTH` wide, on output block boundaries, for methods whose tiles do not
+        overlap (no cross-fade between stripes); one group otherwise."""
+        t = self.tiles
+        if t.overlap:
+            return [(0, len(t.col_starts))]
+        a = self.alignment
+        _bh, bw = output_block_size(self.request.fmt, self.request.creation_options, a.width, a.height)
+        return column_groups(t, max(STRIPE_MAX_WIDTH, t.tile_width), bw)
+
+    @property
+    def stripe_width(self) -> int:
+        """Canvas columns of the widest column group: what the tile loop's buffers scale with."""
+        t = self.tiles
+        return max(t.col_starts[j1 - 1] + t.tile_width - t.col_starts[j0] for j0, j1 in self.column_groups())
+
     def prefetched_inputs_bytes(self) -> int:
         """Bytes of one tile row's interpolated inputs (PAN, MS on the PAN grid, validity)."""
         t = self.tiles
-        n = len(t.col_starts)
+        n = max(j1 - j0 for j0, j1 in self.column_groups())
         side_h, side_w = t.tile_height + 2 * t.context, t.tile_width + 2 * t.context
         return int(n * (self.bands + 1) * side_h * side_w * 4 + n * side_h * side_w)
 
@@ -480,6 +502,18 @@ class _Engine:
         return self.tiles([w_core], context)[0]
 
 
+def _unit_order(tiles: TilePlan, groups: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(tile row, column group) in the order the tile loop does them: row by row, each row's
+    groups left to right (a row's input blocks are decoded once, while GDAL's cache holds them);
+    but the last two rows group by group when the last one, snapped to the bottom edge, overlaps
+    the one before: their shared output blocks are then complete one stripe at a time, and only
+    one stripe's partial block row is ever buffered."""
+    n, ng = len(tiles.row_starts), len(groups)
+    snapped = n >= 2 and tiles.row_starts[-1] < tiles.row_starts[-2] + tiles.tile_height
+    head = n - 2 if snapped and ng > 1 else n
+    return [(i, g) for i in range(head) for g in range(ng)] + [(i, g) for g in range(ng) for i in range(head, n)]
+
+
 class _RowReader:
     """Reads tile rows ahead, in one background thread, while the current row is computed.
 
@@ -491,10 +525,13 @@ class _RowReader:
     """
 
     def __init__(self, engine: _Engine, tiles: TilePlan, timing: dict[str, float], *, enabled: bool = True,
-                 interpolate: bool = False):
+                 interpolate: bool = False, units: Sequence[Sequence[Window]] | None = None):
         self.engine, self.tiles, self.timing = engine, tiles, timing
         self.interpolate = interpolate
-        self.n = len(tiles.row_starts)
+        #: the core windows of each read, in the order they are asked for (default: tile rows)
+        self.units = [list(u) for u in units] if units is not None else [
+            [tl.core for tl in tiles.row_tiles(i)] for i in range(len(tiles.row_starts))]
+        self.n = len(self.units)
         self._pool = None
         self._next: tuple[int, Any] | None = None
         if enabled and self.n > 1:
@@ -504,7 +541,7 @@ class _RowReader:
 
     def _read(self, i: int) -> tuple[list[tuple], float]:
         t = time.perf_counter()
-        raws: list[Any] = self.engine.read_row([tl.core for tl in self.tiles.row_tiles(i)], self.tiles.context)
+        raws: list[Any] = self.engine.read_row(self.units[i], self.tiles.context)
         if self.interpolate and self._pool is not None:
             raws = [self.engine._compute(r) for r in raws]
         return raws, time.perf_counter() - t
@@ -755,21 +792,27 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
     timing = {"read_s": 0.0, "read_wait_s": 0.0, "compute_s": 0.0, "assemble_s": 0.0, "write_wait_s": 0.0,
               "write_s": 0.0}
     tune_malloc()  # numpy temporaries and GDAL's block buffers reuse heap pages (see runtime.py)
+    # without overlap nothing is blended: tiles are converted to the output type on the pool,
+    # straight into their place in the strip (the snapped last tile of a row, which overlaps its
+    # neighbour, is blended in float and rounded: tiling.blend_into); and wide scenes are done in
+    # vertical stripes, so that memory does not grow with the width
+    per_tile = tiles.overlap == 0
+    groups = plan.column_groups()
+    units = _unit_order(tiles, groups)
     with open_scene(plan, notice=notice) as (_scene, engine), \
             contextlib.closing(_RowReader(engine, tiles, timing, enabled=req.prefetch,
-                                          interpolate=plan.prefetch_interpolates)) as rows:
+                                          interpolate=plan.prefetch_interpolates,
+                                          units=[[tiles.tile_at(i, j).core for j in range(*groups[g])]
+                                                 for i, g in units])) as rows:
         if progress:
             progress(ProgressEvent("stats", 1, 1))
         timing["setup_s"] = time.perf_counter() - t0  # plan, headers, scene statistics, method fit
-        # without overlap nothing is blended: tiles are converted to the output type on the pool,
-        # straight into their place in the strip (the snapped last tile of a row, which overlaps
-        # its neighbour, is blended in float and rounded: tiling.blend_into)
-        per_tile = tiles.overlap == 0
         if per_tile:
-            asm = StripAssembler(tiles, plan.bands, dtype=np.dtype(plan.out_dtype), nodata=plan.out_nodata)
+            asms = [StripAssembler(tiles.columns(*g), plan.bands, dtype=np.dtype(plan.out_dtype),
+                                   nodata=plan.out_nodata) for g in groups]
             sink: TileSink = _OutputSink(plan)
         else:
-            asm = StripAssembler(tiles, plan.bands + 1)
+            asms = [StripAssembler(tiles.columns(*g), plan.bands + 1) for g in groups]
             sink = _FloatSink(plan.bands)
         done = 0
         with OutputWriter(req.out, width=a.width, height=a.height, count=plan.bands, dtype=plan.out_dtype,
@@ -780,9 +823,11 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
                           background=req.background_write) as writer:
             # networks: their --batch; classical methods: a few tiles at a time for the thread pool
             group = int(getattr(plan.method, "batch", 0)) or 2 * engine.threads
-            for i in range(len(tiles.row_starts)):
-                row = list(tiles.row_tiles(i))
-                raws = rows.get(i)  # read in the background while the previous row was computed
+            for k, (i, g) in enumerate(units):
+                j0, j1 = groups[g]
+                row = [tiles.tile_at(i, j) for j in range(j0, j1)]
+                raws = rows.get(k)  # read in the background while the previous unit was computed
+                asm = asms[g]
                 asm.begin_row()
                 views = [asm.direct_view(j) for j in range(len(row))] if per_tile else [None] * len(row)
                 outs: dict[int, np.ndarray] = {}
@@ -803,7 +848,7 @@ def fuse(req: FuseRequest, *, progress: ProgressCallback | None = None,
                     block = _to_output(block, plan, inplace=True)
                 t2 = time.perf_counter()
                 if block.shape[1]:
-                    writer.write_rows(row0, block, owned=True)
+                    writer.write_rows(row0, block, owned=True, col0=tiles.col_starts[j0])
                 t3 = time.perf_counter()
                 timing["compute_s"] += t1 - t
                 timing["assemble_s"] += t2 - t1

@@ -353,3 +353,82 @@ def test_sensor_bit_depth_is_still_checked_against_the_data(tmp_path: Path) -> N
              notice=notes.append)
     assert s["bit_depth"] == 16
     assert any("above the 11-bit range" in n for n in notes)
+
+
+# -- vertical stripes: memory independent of the scene width ---------------------------------------
+
+
+@pytest.mark.parametrize("method", ["wbrovey", "identity-pan", "mtf-glp-hpm", "awlp"])
+@pytest.mark.parametrize("fmt", ["GTiff", "COG"])
+def test_stripes_give_the_same_file_as_whole_rows(tmp_path: Path, monkeypatch, method: str, fmt: str) -> None:
+    """Tiles that do not overlap are done in vertical stripes as wide as STRIPE_MAX_WIDTH (here 2
+    tiles of 64, on 64-px output blocks): the file equals whole-row processing, with nodata in the
+    PAN and the MS, a snapped last row and column, and context for the filter-based methods."""
+    from pansharpen_cli import pipeline
+
+    pan_p, ms_p = real_pair(tmp_path, size=288, ratio=4)  # 288 = 4 x 64 + 32: last row/column snapped
+    pan, ms = read(pan_p)[0], read(ms_p)
+    pan[100:140, 60:200] = 0
+    ms[2, 40, 10:40] = 0
+    write(pan_p, pan, rasterio.open(pan_p).transform, nodata=0)
+    write(ms_p, ms, rasterio.open(ms_p).transform, nodata=0)
+    co = {"BLOCKXSIZE": "64", "BLOCKYSIZE": "64"} if fmt == "GTiff" else {}
+    outs, groups = [], []
+    for width in (128, 1 << 30):
+        monkeypatch.setattr(pipeline, "STRIPE_MAX_WIDTH", width)
+        out = tmp_path / f"o{width}.tif"
+        req = FuseRequest(pan=pan_p, ms=ms_p, out=out, method=method, tile=64, bit_depth=12, fmt=fmt,
+                          creation_options=co)
+        groups.append(plan_fuse(req).column_groups())
+        fuse(req)
+        outs.append(read(out))
+    if fmt == "GTiff":
+        # the snapped last tile stays with its neighbour
+        assert groups[0] == [(0, 2), (2, 3), (3, 5)] and groups[1] == [(0, 5)]
+    else:
+        assert groups[0] == groups[1] == [(0, 5)]  # COG's intermediate has 512-px blocks: no stripe boundary
+    assert np.array_equal(outs[0], outs[1])
+    assert np.all(outs[0][:, 100:140, 60:200] == 0)
+
+
+def test_stripes_bound_the_memory_estimate(tmp_path: Path, monkeypatch) -> None:
+    from pansharpen_cli import pipeline
+
+    pan_p, ms_p = real_pair(tmp_path, size=288, ratio=4)
+    req = FuseRequest(pan=pan_p, ms=ms_p, method="wbrovey", tile=64, creation_options={"BLOCKXSIZE": "64"})
+    plan = plan_fuse(req)  # what it computes follows STRIPE_MAX_WIDTH at the time
+    whole = (plan.stripe_width, plan.memory_estimate())
+    monkeypatch.setattr(pipeline, "STRIPE_MAX_WIDTH", 128)
+    assert whole[0] == 288 and plan.stripe_width == 128
+    assert plan.memory_estimate() < whole[1]
+    # overlapping tiles are cross-faded across the row: never split
+    req.overlap = 16
+    assert plan_fuse(req).column_groups() == [(0, len(plan_fuse(req).tiles.col_starts))]
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_writer_takes_stripes_interleaved(tmp_path: Path, background: bool) -> None:
+    """Column ranges on block boundaries, written in any interleaving (rows of each in order, not
+    always whole block rows): the file holds exactly what was written; misuse is refused."""
+    from pansharpen_cli.raster import OutputWriter
+
+    h, w = 300, 200
+    data = np.random.default_rng(5).integers(0, 4096, size=(2, h, w), dtype=np.uint16)
+    out = tmp_path / "s.tif"
+    kw = dict(width=w, height=h, count=2, dtype="uint16", crs="EPSG:32633", transform=Affine(2.0, 0, 0, 0, -2.0, 0),
+              nodata=None, background=background, creation_options={"BLOCKXSIZE": "64", "BLOCKYSIZE": "64"})
+    stripes = [(0, 128), (128, 200)]
+    plan = [(0, 0, 64), (1, 0, 64), (0, 64, 100), (0, 100, 128), (1, 64, 300), (0, 128, 300)]
+    with OutputWriter(out, **kw) as wr:
+        for s, r0, r1 in plan:
+            c0, c1 = stripes[s]
+            wr.write_rows(r0, data[:, r0:r1, c0:c1].copy(), owned=True, col0=c0)
+        with pytest.raises(ValueError, match="block boundary"):
+            wr.write_rows(0, data[:, :10, 10:20].copy(), col0=10)
+        with pytest.raises(RuntimeError, match="in order"):
+            wr.write_rows(0, data[:, :64, 0:128].copy(), col0=0)
+    assert np.array_equal(read(out), data)
+    with pytest.raises(RuntimeError, match="rows were written"), OutputWriter(tmp_path / "short.tif", **kw) as wr:
+        wr.write_rows(0, data[:, :, :128].copy(), col0=0)
+        wr.write_rows(0, data[:, :100, 128:].copy(), col0=128)
+    assert not (tmp_path / "short.tif").exists()
