@@ -146,8 +146,10 @@ class FusePlan:
         if t.overlap:
             return [(0, len(t.col_starts))]
         a = self.alignment
-        _bh, bw = output_block_size(self.request.fmt, self.request.creation_options, a.width, a.height)
-        return column_groups(t, max(STRIPE_MAX_WIDTH, t.tile_width), bw)
+        block = output_block_size(self.request.fmt, self.request.creation_options, a.width, a.height)
+        if block is None:  # block size unknown until GDAL creates the file: whole rows
+            return [(0, len(t.col_starts))]
+        return column_groups(t, max(STRIPE_MAX_WIDTH, t.tile_width), block[1])
 
     @property
     def stripe_width(self) -> int:
@@ -515,7 +517,8 @@ def _unit_order(tiles: TilePlan, groups: list[tuple[int, int]]) -> list[tuple[in
 
 
 class _RowReader:
-    """Reads tile rows ahead, in one background thread, while the current row is computed.
+    """Reads tile rows (or the stripes of them, ``units``) ahead, in one background thread, while
+    the current one is computed.
 
     GDAL dataset handles are not thread-safe: during the tile loop only this thread reads. With
     ``enabled=False`` rows are read in the calling thread (for measuring what prefetch gains).

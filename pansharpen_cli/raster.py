@@ -633,13 +633,22 @@ def _gtiff_options(fmt: str, user_options: dict[str, str], dtype: str) -> dict[s
     return opts
 
 
-def output_block_size(fmt: str, creation_options: dict[str, str] | None, width: int, height: int) -> tuple[int, int]:
-    """(rows, columns) of the blocks :class:`OutputWriter` writes: the tile size of a tiled output
-    (the default), else one full-width row (strips)."""
+def output_block_size(fmt: str, creation_options: dict[str, str] | None, width: int,
+                      height: int) -> tuple[int, int] | None:
+    """(rows, columns) of the blocks :class:`OutputWriter` will write, from the creation options:
+    the tile size of a tiled output (the default), else one full-width row (strips). ``None`` when
+    the options do not say it plainly (a size that is not a positive integer: GDAL decides, or
+    refuses it when the file is created)."""
     opts = _gtiff_options("COG" if fmt.upper() == "COG" else "GTiff", dict(creation_options or {}), "uint8")
-    if opts.get("TILED", "YES").upper() in ("YES", "TRUE", "1"):
-        return min(int(opts.get("BLOCKYSIZE", 512)), height), min(int(opts.get("BLOCKXSIZE", 512)), width)
-    return 1, width
+    if opts.get("TILED", "YES").upper() not in ("YES", "TRUE", "1"):
+        return 1, width
+    try:
+        rows, cols = int(opts.get("BLOCKYSIZE", 512)), int(opts.get("BLOCKXSIZE", 512))
+    except ValueError:
+        return None
+    if rows <= 0 or cols <= 0:
+        return None
+    return min(rows, height), min(cols, width)
 
 
 @dataclass
@@ -700,12 +709,19 @@ class OutputWriter:
 
     @property
     def block_height(self) -> int:
-        return output_block_size(self.fmt, self.user_options, self.width, self.height)[0]
+        """Height of the output's blocks (the file's own once created): rows are buffered into them."""
+        return self._block_shape()[0]
 
     @property
     def block_width(self) -> int:
         """Width of the output's blocks: a stripe written on its own must start on a multiple of it."""
-        return output_block_size(self.fmt, self.user_options, self.width, self.height)[1]
+        return self._block_shape()[1]
+
+    def _block_shape(self) -> tuple[int, int]:
+        if self._ds is not None:
+            rows, cols = self._ds.block_shapes[0]
+            return int(rows), int(cols)
+        return output_block_size(self.fmt, self.user_options, self.width, self.height) or (1, self.width)
 
     def __enter__(self) -> OutputWriter:
         self._env.__enter__()
