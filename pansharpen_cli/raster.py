@@ -698,6 +698,7 @@ class OutputWriter:
         #: column ranges being written, by first column (one, the whole width, unless the caller
         #: writes vertical stripes)
         self._stripes: dict[int, _Stripe] = {}
+        self._block: tuple[int, int] | None = None  # the created file's block shape (rows, columns)
         self._env = rasterio.Env(**GDAL_ENV)
 
     # The temporary name is hidden, beside the destination (same file system: atomic rename).
@@ -718,9 +719,8 @@ class OutputWriter:
         return self._block_shape()[1]
 
     def _block_shape(self) -> tuple[int, int]:
-        if self._ds is not None:
-            rows, cols = self._ds.block_shapes[0]
-            return int(rows), int(cols)
+        if self._block is not None:
+            return self._block
         return output_block_size(self.fmt, self.user_options, self.width, self.height) or (1, self.width)
 
     def __enter__(self) -> OutputWriter:
@@ -741,6 +741,8 @@ class OutputWriter:
             self._cleanup()
             raise UsageError(f"GDAL refused the output settings: {str(e).splitlines()[0][:160]}", path=self.dest,
                              fix="check the --co options") from None
+        rows, cols = self._ds.block_shapes[0]
+        self._block = (int(rows), int(cols))
         from concurrent.futures import ThreadPoolExecutor
 
         # GDAL compresses (and rasterio releases the GIL) in this thread while the next tiles are computed
