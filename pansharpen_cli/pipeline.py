@@ -154,8 +154,7 @@ class FusePlan:
     @property
     def stripe_width(self) -> int:
         """Canvas columns of the widest column group: what the tile loop's buffers scale with."""
-        t = self.tiles
-        return max(t.col_starts[j1 - 1] + t.tile_width - t.col_starts[j0] for j0, j1 in self.column_groups())
+        return max(self.tiles.columns(j0, j1).width for j0, j1 in self.column_groups())
 
     def prefetched_inputs_bytes(self) -> int:
         """Bytes of one tile row's interpolated inputs (PAN, MS on the PAN grid, validity)."""

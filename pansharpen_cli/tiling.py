@@ -110,7 +110,6 @@ class TilePlan:
         for i in range(len(self.row_starts)):
             yield from self.row_tiles(i)
 
-
     def columns(self, j0: int, j1: int) -> TilePlan:
         """The plan of tile columns [j0, j1) alone, as a canvas of their own: same rows, columns
         shifted so that tile ``j0`` starts at 0 (a vertical stripe of the canvas)."""
